@@ -1,0 +1,304 @@
+"""Load, validate and resolve a recipe into one fully explicit object.
+
+Loading is defensive (recipes are often copied from the internet): a size cap, a safe YAML loader that
+refuses duplicate keys, aliases and tags, and a depth cap. Validation collects *every* problem before
+raising, as ``FILE::json.path: message``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from qwenrecipes.errors import Problem, RecipeError
+from qwenrecipes.resources import read_resource_text
+
+MAX_RECIPE_BYTES = 1_000_000
+MAX_DEPTH = 20
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@lru_cache(maxsize=1)
+def recipe_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) that ships inside the package."""
+    return json.loads(read_resource_text("schema/recipe.schema.json"))
+
+
+# --------------------------------------------------------------------------------------------- loading
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, aliases (billion laughs) and custom tags."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+def _refuse_alias(self: _StrictLoader) -> Any:
+    event = self.peek_event()
+    raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in recipes",
+                                      event.start_mark)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.compose_alias = _refuse_alias  # type: ignore[method-assign]
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
+def load_recipe_document(path: Path) -> dict[str, Any]:
+    """Read a recipe file into a plain dict, or raise RecipeError naming the file."""
+    name = str(path)
+
+    def fail(message: str) -> RecipeError:
+        return RecipeError([Problem(name, "", message)])
+
+    if not path.exists():
+        raise fail("file not found")
+    if not path.is_file():
+        raise fail("not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise fail("file is empty; start from one of the examples (`qwenrecipes recipes`)")
+    if size > MAX_RECIPE_BYTES:
+        raise fail(f"file is {size:,} bytes; a recipe is at most {MAX_RECIPE_BYTES:,}")
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise fail("binary file (contains NUL bytes), not a YAML recipe")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail(f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise fail(f"invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise fail("YAML nested too deeply") from None
+    if document is None:
+        raise fail("file holds no YAML document")
+    if not isinstance(document, dict):
+        raise fail(f"a recipe is a mapping of sections (model, data, ...), not a {type(document).__name__}")
+    if _depth(document) > MAX_DEPTH:
+        raise fail(f"YAML nested deeper than {MAX_DEPTH} levels")
+    return document
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _json_path(parts: Any) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _schema_at(schema: dict[str, Any], parts: list[Any]) -> dict[str, Any]:
+    node = schema
+    for part in parts:
+        if isinstance(part, int):
+            node = node.get("items", {})
+            continue
+        if "oneOf" in node:
+            node = next((s for s in node["oneOf"] if s.get("type") == "object"), node)
+        node = node.get("properties", {}).get(part, {})
+    return node
+
+
+def _describe(error: jsonschema.ValidationError, schema: dict[str, Any]) -> list[tuple[str, str]]:
+    """Turn one jsonschema error into (path, message) pairs a person can act on."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(_schema_at(schema, path).get("properties", {}))
+        extras = sorted(set(error.instance) - set(allowed))
+        out = []
+        for key in extras:
+            hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; allowed: {', '.join(allowed)}"
+            out.append((_json_path([*path, key]), f"unknown key '{key}'{suggestion}"))
+        return out
+    if error.validator == "required":
+        return [(_json_path(path) or "(top)", error.message.replace("is a required property", "is required"))]
+    if error.validator == "oneOf":
+        # Report the most specific branch (the one of the right type), not "is not valid under any".
+        branches = [e for e in (error.context or []) if e.validator != "type"]
+        if branches:
+            return _describe(min(branches, key=lambda e: len(list(e.schema_path))), schema)
+        types = [s.get("type") for s in error.validator_value]
+        enum = [v for s in error.validator_value for v in s.get("enum", [])]
+        expected = " or ".join(str(t) for t in types if t) + (f" ({', '.join(map(str, enum))})" if enum else "")
+        return [(_json_path(path), f"{error.instance!r} is not valid: expected {expected}")]
+    if error.validator == "enum":
+        hint = difflib.get_close_matches(str(error.instance), [str(v) for v in error.validator_value], n=1)
+        choices = ", ".join(str(v) for v in error.validator_value)
+        extra = f"; did you mean '{hint[0]}'?" if hint else ""
+        return [(_json_path(path), f"{error.instance!r} is not one of: {choices}{extra}")]
+    if error.validator == "type":
+        return [(_json_path(path), f"{error.instance!r} is not of type {error.validator_value}")]
+    return [(_json_path(path), error.message)]
+
+
+def _finite_numbers(value: Any, parts: list[Any], problems: list[tuple[str, str]]) -> None:
+    """JSON Schema has no notion of NaN/inf; YAML has `.nan` and `.inf`. Refuse them explicitly."""
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.append((_json_path(parts), f"{value!r} is not a finite number"))
+    elif isinstance(value, dict):
+        for key, child in value.items():
+            _finite_numbers(child, [*parts, key], problems)
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            _finite_numbers(child, [*parts, index], problems)
+
+
+def schema_problems(document: dict[str, Any], file: str) -> list[Problem]:
+    schema = recipe_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    pairs: list[tuple[str, str]] = []
+    _finite_numbers(document, [], pairs)
+    for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
+        pairs.extend(_describe(error, schema))
+    unique = list(dict.fromkeys(pairs))
+    return [Problem(file, path, message) for path, message in unique]
+
+
+def apply_defaults(document: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fill every default from the schema, recursively, so nothing is left to an engine."""
+    schema = schema or recipe_schema()
+    out = copy.deepcopy(document)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in out:
+            if sub.get("type") == "object":
+                out[key] = {}
+            elif "default" in sub:
+                out[key] = copy.deepcopy(sub["default"])
+            else:
+                continue
+        value = out[key]
+        if isinstance(value, dict):
+            object_schema = sub if sub.get("type") == "object" else next(
+                (s for s in sub.get("oneOf", []) if s.get("type") == "object"), None)
+            if object_schema is not None:
+                out[key] = apply_defaults(value, object_schema)
+    return out
+
+
+# --------------------------------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class DatasetRef:
+    path: str
+    format: str
+    fields: dict[str, str]
+    split: str
+    local_path: Path | None  # resolved file when local, None for a hub dataset id
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe with every default filled in. ``raw`` keeps the defaulted document."""
+
+    source: Path
+    raw: dict[str, Any]
+    train: DatasetRef
+    eval: DatasetRef | None
+    target_modules: list[str] = field(default_factory=list)
+
+    # Sections as plain dicts: the schema fixed their keys, and dict access keeps the renderers short.
+    @property
+    def name(self) -> str:
+        return str(self.raw["name"])
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.raw["model"]
+
+    @property
+    def method(self) -> dict[str, Any]:
+        return self.raw["method"]
+
+    @property
+    def lora(self) -> dict[str, Any]:
+        return self.raw["method"]["lora"]
+
+    @property
+    def quantization(self) -> dict[str, Any]:
+        return self.raw["method"]["quantization"]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.raw["data"]
+
+    @property
+    def training(self) -> dict[str, Any]:
+        return self.raw["training"]
+
+    @property
+    def output(self) -> dict[str, Any]:
+        return self.raw["output"]
+
+    @property
+    def distributed(self) -> dict[str, Any]:
+        return self.raw["distributed"]
+
+    @property
+    def uses_adapter(self) -> bool:
+        return self.method["type"] in ("lora", "qlora")
+
+
+def _dataset_ref(spec: dict[str, Any], base: Path) -> DatasetRef:
+    path = spec["path"]
+    candidate = Path(path).expanduser()
+    if not candidate.is_absolute():
+        candidate = base / candidate
+    looks_local = candidate.exists() or path.startswith((".", "/", "~")) or Path(path).suffix in (
+        ".jsonl", ".json", ".parquet")
+    return DatasetRef(path=path, format=spec.get("format", "messages"), fields=dict(spec.get("fields", {})),
+                      split=spec.get("split", "train"), local_path=candidate.resolve() if looks_local else None)
+
+
+def build_recipe(document: dict[str, Any], source: Path) -> Recipe:
+    """Validate a document against the schema and fill its defaults. Raises RecipeError with every problem."""
+    file = str(source)
+    problems = schema_problems(document, file)
+    if problems:
+        raise RecipeError(problems)
+    raw = apply_defaults(document)
+    if document.get("training", {}).get("warmup_ratio") is not None and "warmup_steps" not in document["training"]:
+        raw["training"]["warmup_steps"] = None  # an explicit ratio replaces the default step count
+    base = source.parent
+    train = _dataset_ref(raw["data"]["train"], base)
+    evaluation = _dataset_ref(raw["data"]["eval"], base) if raw["data"].get("eval") else None
+    targets = raw["method"]["lora"]["target_modules"]
+    return Recipe(source=source, raw=raw, train=train, eval=evaluation,
+                  target_modules=list(ALL_LINEAR) if targets == "all-linear" else list(targets))
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load and schema-validate a recipe file. Cross-field rules that need the data live in plan.py."""
+    source = Path(path)
+    return build_recipe(load_recipe_document(source), source)

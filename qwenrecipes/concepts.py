@@ -1,0 +1,55 @@
+"""The canonical settings `explain` compares across engines. Each engine's ``effective()`` returns a dict
+with exactly these keys, read back from its rendered files (plus the engine defaults still in force)."""
+
+from __future__ import annotations
+
+# key -> label shown by `explain`. Values are plain JSON values (str/int/float/bool/None/list).
+CONCEPTS: dict[str, str] = {
+    "model": "base model",
+    "model_dtype": "weights dtype",
+    "attn": "attention",
+    "method": "method (full/lora/qlora)",
+    "quantization": "quantization (bits/type/double/compute)",
+    "lora_r": "LoRA r",
+    "lora_alpha": "LoRA alpha",
+    "lora_dropout": "LoRA dropout",
+    "lora_targets": "LoRA target modules",
+    "use_dora": "DoRA",
+    "use_rslora": "rsLoRA",
+    "modules_to_save": "modules_to_save",
+    "chat_template": "chat template",
+    "think_handling": "think blocks",
+    "loss_mask": "loss mask",
+    "train_file": "training data",
+    "eval_file": "eval data",
+    "max_seq_length": "max sequence length",
+    "truncation": "over-long rows",
+    "packing": "packing",
+    "micro_batch_size": "micro batch",
+    "gradient_accumulation_steps": "grad accumulation",
+    "gpus": "GPUs",
+    "effective_batch": "effective batch",
+    "max_steps": "optimizer steps",
+    "learning_rate": "learning rate",
+    "scheduler": "lr schedule",
+    "warmup_steps": "warmup steps",
+    "optimizer": "optimizer",
+    "weight_decay": "weight decay",
+    "max_grad_norm": "grad clip norm",
+    "precision": "precision",
+    "gradient_checkpointing": "gradient checkpointing",
+    "seed": "seed",
+    "logging_steps": "logging every",
+    "save_steps": "save every",
+    "save_total_limit": "checkpoints kept",
+    "eval_steps": "eval every",
+    "liger_kernel": "Liger kernels",
+    "report_to": "report to",
+    "distributed": "distribution",
+}
+
+# Canonical wording, so engines that behave the same read the same in `explain`.
+LOSS_MASK_ASSISTANT = "assistant turns: content + <|im_end|>"
+LOSS_MASK_ALL = "all tokens"
+THINK_INLINE = "in the data text (qwenrecipes applied the rule; engine adds none)"
+TRUNCATION_NONE = "dropped by qwenrecipes before the engine (engine never truncates)"

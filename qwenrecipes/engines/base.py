@@ -44,8 +44,9 @@ class Engine(Protocol):
         """Relative path -> file text for everything the engine needs besides the prepared data."""
         ...
 
-    def command(self, plan: Plan) -> list[str]:
-        """argv to launch training, run with the render folder as cwd and the engine env's bin/ first on PATH."""
+    def command(self, plan: Plan, resume_from: str | None = None) -> list[str]:
+        """argv to launch training, run with the render folder as cwd and the engine env's bin/ first on PATH.
+        ``resume_from`` is a checkpoint folder (relative to the render folder) to continue from."""
         ...
 
     def environment(self, plan: Plan) -> dict[str, str]:

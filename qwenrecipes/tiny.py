@@ -104,6 +104,9 @@ def qwen3_config(dims: Qwen3Dims, *, dtype: str) -> dict[str, Any]:
         "tie_word_embeddings": dims.tie_word_embeddings,
         "torch_dtype": dtype,
         "dtype": dtype,
+        # As in the official files. Without it, transformers 5 cannot rule out a Mistral tokenizer and
+        # warns about an "incorrect regex pattern" on every local load.
+        "transformers_version": "4.51.0",
         "use_cache": True,
         "use_sliding_window": False,
         "vocab_size": dims.vocab_size,

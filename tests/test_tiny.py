@@ -30,7 +30,7 @@ def test_config_is_a_tiny_qwen3(tiny_dir: Path) -> None:
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "rope_theta": 1000000.0,
         "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "torch_dtype": "float32", "dtype": "float32",
         "bos_token_id": 151643, "eos_token_id": 151645, "use_sliding_window": False,
-        "attention_bias": False, "hidden_act": "silu",
+        "attention_bias": False, "hidden_act": "silu", "transformers_version": "4.51.0",
     }
     assert {k: config[k] for k in expected} == expected
     assert config["max_position_embeddings"] >= 4096

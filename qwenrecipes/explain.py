@@ -1,0 +1,46 @@
+"""Effective settings per engine, read back from the rendered files, with every divergence flagged."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from qwenrecipes.concepts import CONCEPTS
+from qwenrecipes.plan import Plan
+from qwenrecipes.render import get_engine, render_plan
+
+
+@dataclass(frozen=True)
+class ExplainRow:
+    concept: str
+    label: str
+    values: dict[str, Any]  # engine -> effective value
+    why: str  # the engines' own notes on this concept; empty when all agree
+
+    @property
+    def diverges(self) -> bool:
+        return len({json.dumps(v, sort_keys=True, default=str) for v in self.values.values()}) > 1
+
+
+def explain_plan(plan: Plan, engines: list[str]) -> list[ExplainRow]:
+    effective: dict[str, dict[str, Any]] = {}
+    notes: dict[str, dict[str, str]] = {}
+    for name in engines:
+        engine = get_engine(name)
+        effective[name] = engine.effective(render_plan(plan, name).files)
+        notes[name] = dict(getattr(engine, "notes", {}) or {})
+    rows = []
+    for concept, label in CONCEPTS.items():
+        values = {name: effective[name].get(concept) for name in engines}
+        row = ExplainRow(concept, label, values, "")
+        if row.diverges:
+            why = "; ".join(f"{name}: {notes[name][concept]}" for name in engines if concept in notes[name])
+            row = ExplainRow(concept, label, values, why or "engines differ (no note recorded)")
+        rows.append(row)
+    return rows
+
+
+def explain_json(rows: list[ExplainRow]) -> list[dict[str, Any]]:
+    return [{"concept": r.concept, "label": r.label, "values": r.values, "diverges": r.diverges, "why": r.why}
+            for r in rows]

@@ -53,7 +53,8 @@ def read_rows(ref: DatasetRef, file_label: str) -> list[dict[str, Any]]:
             try:
                 import pyarrow.parquet as pq
             except ImportError:
-                raise RecipeError([Problem(file_label, "data", "reading Parquet needs pyarrow: pip install pyarrow")]) from None
+                message = "reading Parquet needs pyarrow: pip install pyarrow"
+                raise RecipeError([Problem(file_label, "data", message)]) from None
             return pq.read_table(path).to_pylist()
         text = path.read_text(encoding="utf-8")
         if suffix == ".json":
@@ -164,10 +165,7 @@ def apply_think_rule(conversation: Conversation, chat_template: str) -> list[dic
         inline = THINK_RE.findall(content)
         reasoning = message.get("reasoning_content") or (inline[0] if inline else "")
         answer = THINK_RE.sub("", content).lstrip("\n")
-        if chat_template == "qwen3":
-            text = f"<think>\n{reasoning.strip(chr(10))}\n</think>\n\n{answer}"
-        else:
-            text = answer
+        text = f"<think>\n{reasoning.strip(chr(10))}\n</think>\n\n{answer}" if chat_template == "qwen3" else answer
         out.append({"role": "assistant", "content": text})
     return out
 
@@ -192,7 +190,7 @@ def drop_overlong(rows: list[list[dict[str, str]]], max_tokens: int) -> tuple[li
     if not suspects:
         return rows, 0
     lengths = token_lengths([texts[i] for i in suspects])
-    too_long = {i for i, n in zip(suspects, lengths) if n > max_tokens}
+    too_long = {i for i, n in zip(suspects, lengths, strict=True) if n > max_tokens}
     return [r for i, r in enumerate(rows) if i not in too_long], len(too_long)
 
 
@@ -201,7 +199,7 @@ def split_and_shuffle(rows: list[Any], *, val_fraction: float, seed: int, shuffl
     rng = random.Random(seed)
     if shuffle or val_fraction:
         rng.shuffle(order)
-    n_val = int(round(len(rows) * val_fraction))
+    n_val = round(len(rows) * val_fraction)
     val = [rows[i] for i in sorted(order[:n_val])] if n_val else []
     train_order = order[n_val:] if shuffle else sorted(order[n_val:])
     return [rows[i] for i in train_order], val

@@ -93,7 +93,8 @@ def _rule_problems(recipe: Recipe, target: str, precision: str) -> list[tuple[st
     method, lora, quant = recipe.method, recipe.lora, recipe.quantization
     training, distributed = recipe.training, recipe.distributed
     if method["type"] == "qlora" and quant["bits"] != 4:
-        out.append(("method.quantization.bits", "qlora needs 4-bit quantization: set bits: 4 (8-bit is plain LoRA on an int8 base)"))
+        out.append(("method.quantization.bits",
+                    "qlora needs 4-bit quantization: set bits: 4 (8-bit is plain LoRA on an int8 base)"))
     touched = set(recipe.target_modules) | set(lora["modules_to_save"])
     if recipe.uses_adapter and "embed_tokens" in touched and "lm_head" not in touched:
         out.append(("method.lora.modules_to_save",
@@ -109,7 +110,7 @@ def _rule_problems(recipe: Recipe, target: str, precision: str) -> list[tuple[st
     if training["liger_kernel"] and method["type"] == "qlora":
         out.append(("training.liger_kernel",
                     "Liger kernels with QLoRA fail on 4-bit weights in several engines: set liger_kernel: false"))
-    if recipe.raw["training"].get("warmup_ratio") is not None and recipe.raw["training"].get("warmup_steps") not in (None, 0):
+    if training.get("warmup_ratio") is not None and training.get("warmup_steps") not in (None, 0):
         out.append(("training.warmup_ratio", "set either warmup_steps or warmup_ratio, not both (warmup_steps: null)"))
     if training["eval_steps"] and not (recipe.eval or recipe.data["val_fraction"] > 0):
         out.append(("training.eval_steps", "eval_steps needs data.eval or data.val_fraction > 0"))
@@ -117,7 +118,8 @@ def _rule_problems(recipe: Recipe, target: str, precision: str) -> list[tuple[st
         if method["type"] == "qlora":
             out.append(("method.type", "qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU use lora"))
         if training["optimizer"] in EIGHT_BIT_OPTIMIZERS:
-            out.append(("training.optimizer", f"{training['optimizer']} needs a CUDA GPU (bitsandbytes); on CPU use adamw_torch"))
+            out.append(("training.optimizer",
+                        f"{training['optimizer']} needs a CUDA GPU (bitsandbytes); on CPU use adamw_torch"))
         if precision != "fp32":
             out.append(("training.precision", f"{precision} training needs a GPU; on CPU use fp32 (or auto)"))
         if recipe.model["attn"] == "flash_attention_2":
@@ -144,7 +146,8 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
     if recipe.train.local_path is not None:
         try:
             conversations = datamod.canonical_conversations(recipe.train, file)
-            evaluation = datamod.canonical_conversations(recipe.eval, file) if recipe.eval and recipe.eval.local_path else None
+            local_eval = recipe.eval is not None and recipe.eval.local_path is not None
+            evaluation = datamod.canonical_conversations(recipe.eval, file) if local_eval else None
         except RecipeError as exc:
             raise RecipeError([*(Problem(file, p, m) for p, m in pairs), *exc.problems]) from None
         reasoning = sum(c.has_reasoning for c in conversations)
@@ -170,12 +173,14 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
     if train_rows is not None and per_step > len(train_rows):
         pairs.append(("training.gradient_accumulation_steps",
                       f"effective batch {per_step} (micro_batch_size x gradient_accumulation_steps x gpus) is larger "
-                      f"than the {len(train_rows)} training rows: lower micro_batch_size or gradient_accumulation_steps"))
+                      f"than the {len(train_rows)} training rows: "
+                      "lower micro_batch_size or gradient_accumulation_steps"))
     if max_steps is None and train_rows is not None and not data["packing"]:
         micro_batches = math.ceil(len(train_rows) / (training["micro_batch_size"] * recipe.distributed["gpus"]))
         max_steps = max(1, math.ceil(micro_batches * training["epochs"] / training["gradient_accumulation_steps"]))
     if max_steps is None:
-        warnings.append("step count is decided by the engine (packing or hub data): warmup_ratio is passed as a ratio")
+        warnings.append("step count is decided by the engine (packing or hub data): "
+                        "warmup_ratio is passed as a ratio")
 
     warmup = training["warmup_steps"] or 0
     if training.get("warmup_ratio") is not None:

@@ -77,7 +77,7 @@ def jinja_env() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FunctionLoader(lambda name: resource(f"templates/{name}").read_text(encoding="utf-8")),
         undefined=jinja2.StrictUndefined,
-        autoescape=False,  # noqa: S701 - output is YAML/Python; values go through to_yaml/py/json filters
+        autoescape=False,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -165,13 +165,22 @@ def tiny_model(out_dir: Path, seed: int) -> None:
     click.echo(f"wrote {path}")
 
 
-def _attach_optional_commands() -> None:
-    """Command groups that live in their own modules (env management, runs)."""
-    from qwenrecipes import cli_env, cli_run
+COMMAND_MODULES = ["qwenrecipes.cli_env", "qwenrecipes.cli_run", "qwenrecipes.cli_export"]
 
-    cli.add_command(cli_env.env)
-    for command in cli_run.COMMANDS:
-        cli.add_command(command)
+
+def _attach_optional_commands() -> None:
+    """Commands that live in their own modules; each module exports COMMANDS."""
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # TODO(lead): strict once every module has landed
+            if exc.name != name:
+                raise
+            continue
+        for command in module.COMMANDS:
+            cli.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:

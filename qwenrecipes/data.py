@@ -194,15 +194,27 @@ def drop_overlong(rows: list[list[dict[str, str]]], max_tokens: int) -> tuple[li
     return [r for i, r in enumerate(rows) if i not in too_long], len(too_long)
 
 
-def split_and_shuffle(rows: list[Any], *, val_fraction: float, seed: int, shuffle: bool) -> tuple[list[Any], list[Any]]:
-    order = list(range(len(rows)))
-    rng = random.Random(seed)
-    if shuffle or val_fraction:
-        rng.shuffle(order)
+def split_rows(rows: list[Any], *, val_fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """A seeded held-out split; both parts keep the file's order."""
     n_val = round(len(rows) * val_fraction)
-    val = [rows[i] for i in sorted(order[:n_val])] if n_val else []
-    train_order = order[n_val:] if shuffle else sorted(order[n_val:])
-    return [rows[i] for i in train_order], val
+    if not n_val:
+        return list(rows), []
+    held_out = set(random.Random(seed).sample(range(len(rows)), n_val))
+    return ([r for i, r in enumerate(rows) if i not in held_out], [r for i, r in enumerate(rows) if i in held_out])
+
+
+def epoch_stream(rows: list[Any], *, copies: int, seed: int, shuffle: bool) -> list[Any]:
+    """The exact row order training consumes: `copies` passes, each shuffled with its own seed.
+
+    Engines are told to read the file sequentially, so the order is qwenrecipes' and the same for all of
+    them (each engine's sampler would otherwise shuffle with its own RNG state)."""
+    stream: list[Any] = []
+    for epoch in range(copies):
+        order = list(range(len(rows)))
+        if shuffle:
+            random.Random(seed + epoch).shuffle(order)
+        stream.extend(rows[i] for i in order)
+    return stream
 
 
 def write_jsonl(path: Path, rows: list[list[dict[str, str]]]) -> None:

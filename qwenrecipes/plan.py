@@ -36,7 +36,7 @@ class Plan:
     train_rows: list[list[dict[str, str]]] | None  # prepared rows, None for a hub dataset
     eval_rows: list[list[dict[str, str]]] | None
     dropped_rows: int
-    max_steps: int | None  # None only when packing decides the row count inside the engine
+    max_steps: int | None  # None only when packing (or hub data) lets the engine decide the row count
     warmup_steps: int
     warnings: list[str] = field(default_factory=list)
 
@@ -48,6 +48,17 @@ class Plan:
     @property
     def has_eval(self) -> bool:
         return bool(self.eval_rows) or self.recipe.eval is not None
+
+    @property
+    def train_stream(self) -> list[list[dict[str, str]]] | None:
+        """Training rows in the exact order they are consumed, enough passes to cover max_steps."""
+        if self.train_rows is None:
+            return None
+        t = self.recipe.training
+        copies = math.ceil(t["epochs"])
+        if self.max_steps is not None and not self.recipe.data["packing"]:
+            copies = max(1, math.ceil(self.max_steps * self.effective_batch / len(self.train_rows)))
+        return datamod.epoch_stream(self.train_rows, copies=copies, seed=t["seed"], shuffle=self.recipe.data["shuffle"])
 
     @property
     def train_file(self) -> str:
@@ -163,8 +174,7 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
         if dropped:
             warnings.append(f"{dropped} training rows are longer than max_seq_length={data['max_seq_length']} "
                             "tokens and were dropped (no engine truncates)")
-        train_rows, eval_rows = datamod.split_and_shuffle(
-            prepared, val_fraction=data["val_fraction"], seed=training["seed"], shuffle=data["shuffle"])
+        train_rows, eval_rows = datamod.split_rows(prepared, val_fraction=data["val_fraction"], seed=training["seed"])
         if evaluation is not None:
             eval_rows = [datamod.apply_think_rule(c, recipe.model["chat_template"]) for c in evaluation]
 
@@ -176,8 +186,7 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
                       f"than the {len(train_rows)} training rows: "
                       "lower micro_batch_size or gradient_accumulation_steps"))
     if max_steps is None and train_rows is not None and not data["packing"]:
-        micro_batches = math.ceil(len(train_rows) / (training["micro_batch_size"] * recipe.distributed["gpus"]))
-        max_steps = max(1, math.ceil(micro_batches * training["epochs"] / training["gradient_accumulation_steps"]))
+        max_steps = max(1, math.ceil(len(train_rows) * training["epochs"] / per_step))
     if max_steps is None:
         warnings.append("step count is decided by the engine (packing or hub data): "
                         "warmup_ratio is passed as a ratio")

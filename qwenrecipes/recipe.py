@@ -24,6 +24,16 @@ from qwenrecipes.resources import read_resource_text
 
 MAX_RECIPE_BYTES = 1_000_000
 MAX_DEPTH = 20
+# Names people carry over from engine configs, mapped to the recipe's field (for "did you mean").
+SYNONYMS = {"rank": "r", "lora_r": "r", "lora_rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+            "lr": "learning_rate", "num_epochs": "epochs", "num_train_epochs": "epochs",
+            "batch_size": "micro_batch_size",
+            "per_device_train_batch_size": "micro_batch_size", "cutoff_len": "max_seq_length",
+            "sequence_len": "max_seq_length", "max_length": "max_seq_length", "base_model": "name_or_path",
+            "model_name_or_path": "name_or_path", "lr_scheduler": "scheduler", "lr_scheduler_type": "scheduler",
+            "optim": "optimizer", "output_dir": "dir", "template": "chat_template", "bf16": "precision",
+            "fp16": "precision", "adapter": "type", "finetuning_type": "type", "lora_target_modules": "target_modules",
+            "lora_target": "target_modules", "warmup": "warmup_steps"}
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -50,14 +60,17 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     return loader.construct_mapping(node, deep=deep)
 
 
-def _refuse_alias(self: _StrictLoader) -> Any:
-    event = self.peek_event()
-    raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in recipes",
-                                      event.start_mark)
+def _compose_node_without_aliases(self: _StrictLoader, parent: Any, index: Any) -> Any:
+    # Aliases are how "billion laughs" documents explode in memory; a recipe never needs one.
+    if self.check_event(yaml.events.AliasEvent):
+        event = self.peek_event()
+        raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in recipes",
+                                          event.start_mark)
+    return yaml.composer.Composer.compose_node(self, parent, index)
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_StrictLoader.compose_alias = _refuse_alias  # type: ignore[method-assign]
+_StrictLoader.compose_node = _compose_node_without_aliases  # type: ignore[method-assign]
 
 
 def _depth(value: Any, level: int = 0) -> int:
@@ -139,7 +152,8 @@ def _describe(error: jsonschema.ValidationError, schema: dict[str, Any]) -> list
         extras = sorted(set(error.instance) - set(allowed))
         out = []
         for key in extras:
-            hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            synonym = SYNONYMS.get(str(key))
+            hint = [synonym] if synonym in allowed else difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
             suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; allowed: {', '.join(allowed)}"
             out.append((_json_path([*path, key]), f"unknown key '{key}'{suggestion}"))
         return out

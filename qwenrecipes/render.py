@@ -77,8 +77,9 @@ def write_rendered(plan: Plan, rendered: Rendered, out_dir: Path) -> list[Path]:
         temporary.write_text(text, encoding="utf-8")
         os.replace(temporary, target)
         written.append(target)
-    if plan.train_rows is not None:
-        write_jsonl(out_dir / TRAIN_FILE, plan.train_rows)
+    stream = plan.train_stream
+    if stream is not None:
+        write_jsonl(out_dir / TRAIN_FILE, stream)
         written.append(out_dir / TRAIN_FILE)
     if plan.eval_rows:
         write_jsonl(out_dir / EVAL_FILE, plan.eval_rows)

@@ -197,19 +197,6 @@ def recipe_hash(resolved_text: str) -> str:
     return hashlib.sha256(resolved_text.encode("utf-8")).hexdigest()
 
 
-def engine_environment(bin_dir: Path, extra: dict[str, str], base: dict[str, str] | None = None) -> dict[str, str]:
-    """The child's environment: ours (so secrets pass through, never via files) minus whatever would
-    make the engine's python pick up another interpreter's packages, with the env's bin/ first on PATH."""
-    env = dict(os.environ if base is None else base)
-    for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "CONDA_PREFIX", "PIP_REQUIRE_VIRTUALENV"):
-        env.pop(name, None)
-    env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", os.defpath)])
-    env["VIRTUAL_ENV"] = str(bin_dir.parent)
-    env.update(extra)
-    env["PYTHONUNBUFFERED"] = "1"  # line-by-line output, or the watchdog sees silence that isn't there
-    return env
-
-
 def claim_run_dir(run_dir: Path, engine: str, digest: str, output_dir: Path, *, resume: bool,
                   force: bool) -> tuple[str | None, int]:
     """Decide what happens to an existing run dir before anything is written into it.
@@ -272,9 +259,12 @@ def prepare_run(recipe_path: str | Path, engine: str, *, run_dir: Path | None = 
             "kind": "qwenrecipes-run", "engine": engine, "recipe": plan.recipe.name,
             "recipe_source": str(Path(recipe_path).resolve()), "recipe_hash": digest, "created": time.time()})
     argv = engine_obj.command(plan, resume_from=resume_from) if resume_from else list(rendered.argv)
-    extra = {**envs.base_environment(), **rendered.environment}
+    # bin/ first on PATH, telemetry off (envs.base_environment), then the engine's own variables; our
+    # environment underneath so secrets (HF_TOKEN, WANDB_API_KEY) reach the engine without touching a file.
+    env = engine_env.run_environment(rendered.environment, wandb=plan.recipe.output["report_to"] == "wandb")
+    env["PYTHONUNBUFFERED"] = "1"  # line-by-line output, or the watchdog sees silence that isn't there
     return RunSpec(
-        run_dir=run_dir, engine=engine, argv=argv, env=engine_environment(Path(engine_env.bin_dir), extra),
+        run_dir=run_dir, engine=engine, argv=argv, env=env,
         output_dir=output_dir, logging_steps=int(plan.recipe.training["logging_steps"] or 1),
         total_steps=plan.max_steps, recipe_name=plan.recipe.name, recipe_hash=digest,
         versions=dict(engine_env.versions), resume_from=resume_from, start_step=start_step,

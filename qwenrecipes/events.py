@@ -78,20 +78,20 @@ def split_lines(buffer: bytes) -> tuple[list[bytes], bytes]:
 
 
 def _number(value: Any) -> Any:
-    """Newer transformers prints floats as strings ('1.234'); turn numeric strings back into numbers."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return value if not (isinstance(value, float) and not math.isfinite(value)) else str(value)
+    """Newer transformers prints floats as strings ('1.234', and '12' for 12.0): numeric strings become
+    floats (counts are made ints by the caller); nan/inf stay text because JSON has no such numbers."""
     if isinstance(value, str):
         try:
             number = float(value)
         except ValueError:
             return value
-        if not math.isfinite(number):
-            return value  # JSON has no nan/inf; keep the text so a diverged loss is still visible
-        return int(number) if number.is_integer() and re.fullmatch(r"[-+]?\d+", value.strip()) else number
+        return number if math.isfinite(number) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     return value
+
+
+_COUNT_KEYS = ("tokens_seen", "step", "total_steps")
 
 
 def _key(name: str) -> str:
@@ -138,6 +138,9 @@ def event_from_log_dict(logs: dict[str, Any]) -> Event:
             event[target] = max(v, event.get(target, 0)) if isinstance(v, (int, float)) else v
         else:
             event.setdefault(target, v)
+    for k in _COUNT_KEYS:
+        if isinstance(event.get(k), float) and event[k].is_integer():
+            event[k] = int(event[k])
     # Axolotl's other memory keys: the peak of them is what a person compares across runs.
     for k in ("memory/max_active (GiB)", "memory/device_reserved (GiB)"):
         if isinstance(logs.get(k), (int, float)) and "memory_gb" not in event:

@@ -1,0 +1,194 @@
+"""Axolotl render: every knob explicit, parsed back, and read back by effective() into the plan's values."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from qwenrecipes.concepts import CONCEPTS, LOSS_MASK_ASSISTANT, THINK_INLINE, TRUNCATION_NONE
+from qwenrecipes.engines.axolotl import ENGINE, LORA_KERNELS
+from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
+from qwenrecipes.plan import Plan, make_plan, plan_recipe
+from qwenrecipes.recipe import ALL_LINEAR, build_recipe, load_recipe_document
+from tests.conftest import RECIPES
+
+TINY = RECIPES / "tiny-cpu.yaml"
+
+
+def _plan_from(changes: dict[str, dict[str, Any]], target: str = "cuda") -> Plan:
+    """tiny-cpu with sections overridden (datasets stay relative to recipes/)."""
+    document = copy.deepcopy(load_recipe_document(TINY))
+    for section, values in changes.items():
+        document.setdefault(section, {}).update(values)
+    return make_plan(build_recipe(document, TINY), target=target)
+
+
+@pytest.fixture(scope="module")
+def cpu_plan() -> Plan:
+    return plan_recipe(TINY, target="cpu")
+
+
+@pytest.fixture(scope="module")
+def qlora_plan() -> Plan:
+    return _plan_from({
+        "method": {"type": "qlora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05,
+                                             "target_modules": ["q_proj", "v_proj"],
+                                             "use_rslora": True, "modules_to_save": ["embed_tokens", "lm_head"]},
+                   "quantization": {"bits": 4, "quant_type": "fp4", "double_quant": False,
+                                    "compute_dtype": "float16"}},
+        "training": {"precision": "bf16", "optimizer": "paged_adamw_8bit", "warmup_steps": 1,
+                     "gradient_checkpointing": True, "save_steps": None},
+        "data": {"packing": True, "val_fraction": 0.1},
+    })
+
+
+def _cfg(plan: Plan) -> dict[str, Any]:
+    return yaml.safe_load(ENGINE.render(plan)["axolotl.yaml"])
+
+
+def test_cpu_lora_every_knob_explicit(cpu_plan: Plan) -> None:
+    cfg = _cfg(cpu_plan)
+    training = cpu_plan.recipe.training
+    assert cfg["base_model"] == cpu_plan.model_path
+    assert cfg["learning_rate"] == training["learning_rate"]
+    assert cfg["lr_scheduler"] == "cosine"
+    assert cfg["warmup_steps"] == cpu_plan.warmup_steps == 3
+    assert cfg["max_steps"] == cpu_plan.max_steps == 30
+    assert cfg["seed"] == 42
+    assert cfg["optimizer"] == "adamw_torch"
+    assert cfg["weight_decay"] == 0.0 and cfg["max_grad_norm"] == 1.0
+    assert cfg["micro_batch_size"] == 4 and cfg["gradient_accumulation_steps"] == 1
+    assert cfg["adapter"] == "lora" and cfg["lora_r"] == 8 and cfg["lora_alpha"] == 16
+    assert cfg["lora_dropout"] == 0.0
+    assert cfg["lora_target_modules"] == ALL_LINEAR and cfg["lora_target_linear"] is False
+    # Fused kernels hang on CPU; Axolotl switches them on unless told.
+    assert all(cfg[k] is False for k in LORA_KERNELS)
+    assert (cfg["bf16"], cfg["fp16"], cfg["tf32"]) == (False, False, False)
+    assert cfg["load_in_4bit"] is False and cfg["load_in_8bit"] is False
+    assert cfg["attn_implementation"] == "sdpa"
+    assert cfg["gradient_checkpointing"] is False
+    assert cfg["sequence_len"] == 512 and cfg["excess_length_strategy"] == "raise"
+    assert cfg["sample_packing"] is False
+    assert cfg["save_steps"] == 10 and cfg["save_total_limit"] == 2 and cfg["logging_steps"] == 1
+    assert cfg["eval_strategy"] == "no"
+    assert cfg["output_dir"] == "outputs"
+    assert cfg["dataset_prepared_path"] == "axolotl_prepared"
+    assert cfg["shuffle_merged_datasets"] is False and cfg["curriculum_sampling"] is True
+    assert cfg["use_wandb"] is False and cfg["use_tensorboard"] is False
+
+
+def test_chat_template_pinned_and_mask(cpu_plan: Plan) -> None:
+    cfg = _cfg(cpu_plan)
+    (dataset,) = cfg["datasets"]
+    assert cfg["chat_template"] == "jinja" and cfg["chat_template_jinja"] == CHATML_TEMPLATE_PLAIN
+    assert dataset["chat_template"] == "jinja" and dataset["chat_template_jinja"] == CHATML_TEMPLATE_PLAIN
+    assert dataset["path"] == cpu_plan.train_file == "data/train.jsonl"
+    assert dataset["type"] == "chat_template" and dataset["field_messages"] == "messages"
+    assert dataset["roles_to_train"] == ["assistant"]
+    assert dataset["train_on_eos"] == "turn" and dataset["train_on_eot"] == "turn"
+    assert cfg["eot_tokens"] == ["<|im_end|>"]
+    assert cfg["train_on_inputs"] is False
+    assert "test_datasets" not in cfg and cfg["val_set_size"] == 0.0
+
+
+def test_train_on_all() -> None:
+    cfg = _cfg(_plan_from({"data": {"train_on": "all"}}, target="cpu"))
+    assert cfg["train_on_inputs"] is True
+    assert cfg["datasets"][0]["roles_to_train"] == ["system", "user", "assistant"]
+
+
+def test_qlora_cuda(qlora_plan: Plan) -> None:
+    cfg = _cfg(qlora_plan)
+    assert cfg["adapter"] == "qlora" and cfg["load_in_4bit"] is True and cfg["load_in_8bit"] is False
+    assert cfg["bnb_config_kwargs"] == {"bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False,
+                                        "bnb_4bit_compute_dtype": "float16", "bnb_4bit_quant_storage": "float16"}
+    assert cfg["lora_target_modules"] == ["q_proj", "v_proj"]
+    assert cfg["lora_modules_to_save"] == ["embed_tokens", "lm_head"]
+    assert cfg["peft_ensure_weight_tying"] is True and cfg["peft_use_rslora"] is True
+    assert all(cfg[k] is False for k in LORA_KERNELS)
+    assert (cfg["bf16"], cfg["fp16"], cfg["tf32"]) == (True, False, False)
+    assert cfg["optimizer"] == "paged_adamw_8bit"
+    assert cfg["sample_packing"] is True and cfg["pad_to_sequence_len"] is True
+    assert cfg["save_strategy"] == "no" and "save_steps" not in cfg
+    assert cfg["test_datasets"][0]["path"] == qlora_plan.eval_file == "data/eval.jsonl"
+    assert cfg["gradient_checkpointing"] is True
+
+
+def test_deepspeed_and_multi_gpu() -> None:
+    plan = _plan_from({"distributed": {"gpus": 2, "strategy": "deepspeed_zero2", "zero_offload": True},
+                       "training": {"precision": "bf16"}})
+    files = ENGINE.render(plan)
+    cfg = yaml.safe_load(files["axolotl.yaml"])
+    assert cfg["deepspeed"] == "deepspeed.json"
+    ds = json.loads(files["deepspeed.json"])
+    assert ds["zero_optimization"]["stage"] == 2
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ENGINE.command(plan) == ["axolotl", "train", "axolotl.yaml", "--launcher", "torchrun", "--",
+                                    "--nproc_per_node=2"]
+    effective = ENGINE.effective({**files, "COMMAND": " ".join(ENGINE.command(plan))})
+    assert effective["distributed"] == "deepspeed_zero2+offload"
+    assert effective["gpus"] == 2 and effective["effective_batch"] == plan.effective_batch
+
+
+def test_effective_matches_plan(cpu_plan: Plan) -> None:
+    effective = ENGINE.effective(ENGINE.render(cpu_plan))
+    assert set(effective) == set(CONCEPTS)
+    training = cpu_plan.recipe.training
+    assert effective["model"] == cpu_plan.model_path
+    assert effective["model_dtype"] == cpu_plan.model_dtype == "float32"
+    assert effective["precision"] == "fp32"
+    assert effective["method"] == "lora" and effective["quantization"] is None
+    assert (effective["lora_r"], effective["lora_alpha"], effective["lora_dropout"]) == (8, 16, 0.0)
+    assert effective["lora_targets"] == ALL_LINEAR
+    assert effective["loss_mask"] == LOSS_MASK_ASSISTANT
+    assert effective["think_handling"] == THINK_INLINE
+    assert effective["truncation"] == TRUNCATION_NONE
+    assert effective["train_file"] == "data/train.jsonl" and effective["eval_file"] is None
+    assert effective["max_steps"] == cpu_plan.max_steps
+    assert effective["warmup_steps"] == cpu_plan.warmup_steps
+    assert effective["learning_rate"] == training["learning_rate"]
+    assert effective["effective_batch"] == cpu_plan.effective_batch
+    assert effective["save_steps"] == 10 and effective["save_total_limit"] == 2
+    assert effective["report_to"] == "none" and effective["distributed"] == "none"
+    json.dumps(effective)  # plain JSON values only
+
+
+def test_effective_reports_residuals(qlora_plan: Plan) -> None:
+    effective = ENGINE.effective(ENGINE.render(qlora_plan))
+    assert effective["warmup_steps"] == 2  # Axolotl bumps 1 to 2
+    assert effective["quantization"] == {"bits": 4, "quant_type": "fp4", "double_quant": False,
+                                         "compute_dtype": "float16"}
+    assert effective["save_steps"] is None
+    assert effective["modules_to_save"] == ["embed_tokens", "lm_head"]
+
+
+def test_effective_applies_axolotl_defaults() -> None:
+    files = {"axolotl.yaml": yaml.safe_dump({"base_model": "m", "adapter": "lora", "learning_rate": 1e-4,
+                                             "datasets": [{"path": "x.jsonl", "type": "chat_template"}]})}
+    effective = ENGINE.effective(files)
+    assert effective["scheduler"] == "cosine"
+    assert effective["seed"] == 42 and effective["save_total_limit"] == 4
+    assert effective["max_seq_length"] == 512
+    assert effective["save_steps"] == "every epoch"
+    assert str(effective["warmup_steps"]).startswith("auto")
+    assert effective["precision"].startswith("auto")
+    assert effective["loss_mask"] != LOSS_MASK_ASSISTANT  # no <|im_end|> EOT pinned
+
+
+def test_environment_and_command(cpu_plan: Plan) -> None:
+    env = ENGINE.environment(cpu_plan)
+    assert env["AXOLOTL_DO_NOT_TRACK"] == "1" and env["DO_NOT_TRACK"] == "1"
+    assert env["HF_HUB_OFFLINE"] == "1" and env["WANDB_MODE"] == "disabled"
+    assert ENGINE.command(cpu_plan) == ["axolotl", "train", "axolotl.yaml", "--launcher", "python"]
+
+
+def test_hostile_name_stays_data(tmp_path: Path) -> None:
+    """A value with YAML/comment syntax reaches the file only through the dumper."""
+    plan = _plan_from({"output": {"dir": "out: #x\n- y"}}, target="cpu")
+    cfg = _cfg(plan)
+    assert cfg["output_dir"] == "out: #x\n- y"

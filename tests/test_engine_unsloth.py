@@ -1,0 +1,166 @@
+"""Unsloth engine: the rendered script is parsed (ast) and compiled, never executed (Unsloth needs a GPU)."""
+
+from __future__ import annotations
+
+import ast
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qwenrecipes.concepts import CONCEPTS, LOSS_MASK_ALL, LOSS_MASK_ASSISTANT, THINK_INLINE
+from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
+from qwenrecipes.engines.unsloth import ENGINE, SCRIPT_FILE, read_script
+from qwenrecipes.plan import Plan, make_plan, plan_recipe
+from qwenrecipes.recipe import build_recipe, load_recipe_document
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "recipes" / "tiny-cpu.yaml"
+HOSTILE = "x'\"\n{{ y }}{% if 1 %}'''\"\"\"\\n__import__('os').system('echo pwned')#"
+
+
+def cuda_plan(**changes: Any) -> Plan:
+    document = copy.deepcopy(load_recipe_document(TINY))
+    document["training"]["precision"] = "bf16"
+    document["training"]["optimizer"] = "adamw_8bit"
+    for section, values in changes.items():
+        document.setdefault(section, {}).update(values)
+    return make_plan(build_recipe(document, TINY), target="cuda")
+
+
+def script_of(plan: Plan) -> str:
+    text = ENGINE.render(plan)[SCRIPT_FILE]
+    compile(text, SCRIPT_FILE, "exec")
+    return text
+
+
+def calls(text: str) -> dict[str, dict[str, Any]]:
+    return read_script(text)["calls"]
+
+
+def call_names(text: str) -> list[str]:
+    return sorted(ast.unparse(n.func) for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Call))
+
+
+def string_constants(text: str) -> list[str]:
+    return [n.value for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+@pytest.fixture(scope="module")
+def cpu_plan() -> Plan:
+    return plan_recipe(TINY, target="cpu")
+
+
+def test_cpu_script_values(cpu_plan: Plan) -> None:
+    text = script_of(cpu_plan)
+    c = calls(text)
+    load = c["FastLanguageModel.from_pretrained"]
+    assert load["model_name"] == cpu_plan.model_path and load["use_exact_model_name"] is True
+    assert load["max_seq_length"] == 512 and load["dtype"] == "float32"
+    assert (load["load_in_4bit"], load["load_in_16bit"], load["full_finetuning"]) == (False, True, False)
+    assert load["random_state"] == 42 and load["use_gradient_checkpointing"] is False
+    peft = c["FastLanguageModel.get_peft_model"]
+    assert (peft["r"], peft["lora_alpha"], peft["lora_dropout"]) == (8, 16, 0.0)
+    assert peft["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert peft["random_state"] == 42 and peft["use_rslora"] is False and peft["use_dora"] is False
+    sft = c["SFTConfig"]
+    expected = {"learning_rate": 0.001, "lr_scheduler_type": "cosine", "warmup_steps": 3, "optim": "adamw_torch",
+                "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": 42, "data_seed": 42, "max_steps": 30,
+                "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1, "max_length": 512,
+                "packing": False, "padding_free": False, "bf16": False, "fp16": False, "logging_steps": 1,
+                "save_strategy": "steps", "save_steps": 10, "save_total_limit": 2, "report_to": "none",
+                "output_dir": "outputs", "eval_strategy": "no", "train_sampling_strategy": "sequential",
+                "assistant_only_loss": False}
+    assert {k: sft[k] for k in expected} == expected
+    assert c["load_dataset"] == {"data_files": {"train": "data/train.jsonl"}}
+    mask = c["train_on_responses_only"]
+    assert mask == {"instruction_part": "<|im_start|>user\n", "response_part": "<|im_start|>assistant\n"}
+    assigns = read_script(text)["assigns"]
+    assert assigns["CHAT_TEMPLATE"] == CHATML_TEMPLATE_PLAIN and assigns["tokenizer.eos_token"] == "<|im_end|>"
+
+
+def test_only_expected_calls(cpu_plan: Plan) -> None:
+    """Static check: the script calls exactly what the template writes, nothing data-dependent."""
+    names = set(call_names(script_of(cpu_plan)))
+    assert names == {
+        "os.environ.setdefault", "argparse.ArgumentParser", "cli.add_argument", "cli.parse_args", "int",
+        "os.environ.get", "SystemExit", "FastLanguageModel.from_pretrained", "getattr",
+        "FastLanguageModel.get_peft_model", "load_dataset", "SFTConfig", "SFTTrainer", "train_on_responses_only",
+        "trainer.train", "trainer.save_model", "main"}
+
+
+def test_command_environment(cpu_plan: Plan) -> None:
+    assert ENGINE.command(cpu_plan) == ["python", "train_unsloth.py"]
+    env = ENGINE.environment(cpu_plan)
+    assert env["UNSLOTH_DISABLE_STATISTICS"] == "1" and env["UNSLOTH_DISABLE_AUTO_PADDING_FREE"] == "1"
+    assert env["HF_HUB_OFFLINE"] == "1" and env["WANDB_MODE"] == "disabled"
+
+
+def test_effective_cpu(cpu_plan: Plan) -> None:
+    eff = ENGINE.effective(ENGINE.render(cpu_plan))
+    assert set(eff) == set(CONCEPTS)
+    assert eff["loss_mask"] == LOSS_MASK_ASSISTANT and eff["think_handling"] == THINK_INLINE
+    assert eff["method"] == "lora" and eff["lora_r"] == 8 and eff["effective_batch"] == 4
+    assert eff["precision"].startswith("bf16 autocast")  # Unsloth's trainer patch overrides fp32
+    assert eff["max_steps"] == 30 and eff["save_steps"] == 10 and eff["packing"] is False
+
+
+def test_qlora_cuda_quantization_explicit() -> None:
+    plan = cuda_plan(method={"type": "qlora", "quantization": {"bits": 4, "quant_type": "fp4", "double_quant": False,
+                                                               "compute_dtype": "float16"}},
+                     training={"gradient_checkpointing": True})
+    text = script_of(plan)
+    c = calls(text)
+    assert c["FastLanguageModel.from_pretrained"]["load_in_4bit"] is True
+    assert c["FastLanguageModel.from_pretrained"]["dtype"] == "bfloat16"
+    assert c["BitsAndBytesConfig"] == {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4",
+                                       "bnb_4bit_use_double_quant": False, "bnb_4bit_compute_dtype": "float16"}
+    assert c["FastLanguageModel.get_peft_model"]["use_gradient_checkpointing"] == "unsloth"
+    assert c["SFTConfig"]["bf16"] is True and c["SFTConfig"]["optim"] == "adamw_8bit"
+    eff = ENGINE.effective(ENGINE.render(plan))
+    assert eff["method"] == "qlora" and eff["quantization"] == "4-bit fp4, double_quant=False, compute=float16"
+    assert eff["precision"] == "bf16" and str(eff["gradient_checkpointing"]).startswith("unsloth")
+
+
+def test_lora_cuda_eval_and_all_tokens() -> None:
+    plan = cuda_plan(data={"train_on": "all", "val_fraction": 0.1}, training={"eval_steps": 5})
+    text = script_of(plan)
+    c = calls(text)
+    assert "train_on_responses_only" not in c
+    assert c["load_dataset"]["data_files"] == {"train": "data/train.jsonl", "test": "data/eval.jsonl"}
+    assert c["SFTConfig"]["eval_strategy"] == "steps" and c["SFTTrainer"]["eval_dataset"] == "dataset['test']"
+    eff = ENGINE.effective(ENGINE.render(plan))
+    assert eff["loss_mask"] == LOSS_MASK_ALL and eff["eval_steps"] == 5 and eff["eval_file"] == "data/eval.jsonl"
+
+
+def test_multi_gpu_is_torchrun() -> None:
+    plan = cuda_plan(distributed={"gpus": 2, "strategy": "ddp"}, training={"gradient_accumulation_steps": 1})
+    assert ENGINE.command(plan) == ["torchrun", "--standalone", "--nproc_per_node=2", "train_unsloth.py"]
+    eff = ENGINE.effective(ENGINE.render(plan))
+    assert eff["gpus"] == 2 and eff["effective_batch"] == 8 and eff["distributed"] == "ddp (torchrun)"
+
+
+def test_effective_applies_unsloth_defaults_for_missing_kwargs(cpu_plan: Plan) -> None:
+    text = ENGINE.render(cpu_plan)[SCRIPT_FILE]
+    for line in ("        learning_rate=0.001,\n", "        weight_decay=0.0,\n", "        use_exact_model_name=True,"):
+        assert line in text
+        text = text.replace(line, "", 1)
+    eff = ENGINE.effective({SCRIPT_FILE: text})
+    assert eff["learning_rate"] == 5e-5 and eff["weight_decay"] == 0.001
+    assert "remapped" in eff["model"]
+
+
+@pytest.mark.parametrize("section,key", [("output", "dir"), ("model", "name_or_path")])
+def test_hostile_string_stays_a_literal(section: str, key: str) -> None:
+    benign = cuda_plan(**{section: {key: "benign-value"}})
+    hostile = cuda_plan(**{section: {key: HOSTILE}})
+    text, benign_text = script_of(hostile), script_of(benign)
+    assert HOSTILE in string_constants(text)
+    assert call_names(text) == call_names(benign_text)
+    c = calls(text)
+    if section == "output":
+        assert c["SFTConfig"]["output_dir"] == HOSTILE
+    else:
+        assert c["FastLanguageModel.from_pretrained"]["model_name"] == HOSTILE
+    assert len(ast.parse(text).body) == len(ast.parse(benign_text).body)

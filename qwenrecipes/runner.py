@@ -383,6 +383,7 @@ class _Supervisor:
         self.last_output = time.time()
         self.traceback_at: float | None = None
         self.kill_reason: str | None = None
+        self.pgid: int | None = None
         self.peak_rss_gb: float | None = None
         self.log_tail: list[str] = []
         self.metrics: Event = {}
@@ -440,7 +441,7 @@ class _Supervisor:
 
     def _loop(self, process: subprocess.Popen[bytes], flag: list[int]) -> tuple[str, int | None]:
         spec = self.spec
-        pgid = process.pid  # start_new_session: the child leads its own group
+        pgid = self.pgid = process.pid  # start_new_session: the child leads its own group
         chunks: queue.Queue[bytes | None] = queue.Queue()
         assert process.stdout is not None
         fd = process.stdout.fileno()
@@ -580,7 +581,8 @@ def build_summary(spec: RunSpec, supervisor: _Supervisor, *, status: str, return
         tokens_per_s = sum(reported) / len(reported)
     elif len(seen) >= 2 and seen[-1]["t"] > seen[0]["t"]:
         tokens_per_s = (seen[-1]["tokens_seen"] - seen[0]["tokens_seen"]) / (seen[-1]["t"] - seen[0]["t"])
-    memory = _numbers(train, "memory_gb")
+    # Axolotl reports 0.0 GiB on CPU (no accelerator memory): that is "unknown", not a measurement.
+    memory = [m for m in _numbers(train, "memory_gb") if m > 0]
     previous_wall = float(previous.get("total_wall_time_s") or previous.get("wall_time_s") or 0) if previous else 0.0
     summary: dict[str, Any] = {
         "schema": 1,
@@ -590,6 +592,7 @@ def build_summary(spec: RunSpec, supervisor: _Supervisor, *, status: str, return
         "recipe_hash": spec.recipe_hash,
         "status": status,
         "returncode": returncode,
+        "pgid": supervisor.pgid,  # the engine's process group, all of it ended before this was written
         "started": round(started, 3),
         "ended": round(ended, 3),
         "wall_time_s": round(ended - started, 3),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -183,7 +184,7 @@ def test_run_dir_refusals(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     write_json_atomic(run / MARKER_FILE, {"kind": "qwenrecipes-run", "engine": "trl", "recipe_hash": "abc"})
-    with pytest.raises(QwenRecipesError, match="--resume .*--force"):
+    with pytest.raises(QwenRecipesError, match=r"--resume .*--force"):
         claim_run_dir(run, "trl", "abc", run / "outputs", resume=False, force=False)
     with pytest.raises(QwenRecipesError, match="recipe changed"):
         claim_run_dir(run, "trl", "other", run / "outputs", resume=True, force=False)
@@ -193,3 +194,95 @@ def test_run_dir_refusals(tmp_path: Path) -> None:
     assert not run.exists()
     assert claim_run_dir(tmp_path / "new", "trl", "abc", tmp_path / "new" / "outputs", resume=False,
                          force=False) == (None, 0)
+
+
+# ------------------------------------------------------------------------------------- real engines
+# `qwenrecipes run recipes/tiny-cpu.yaml` (30 LoRA steps on a 2-layer model) through the CLI, in each
+# engine's installed env. They skip when the env is not installed (`qwenrecipes env install ENGINE`).
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "recipes" / "tiny-cpu.yaml"
+ENGINES = ["axolotl", "llamafactory", "trl"]
+ENGINE_TIMEOUT = 1500.0  # seconds for one run; a 2-core CI machine under load is slow
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from qwenrecipes.cli import main; main()", *args]
+
+
+def _require_env(engine: str) -> None:
+    from qwenrecipes import envs
+    from qwenrecipes.errors import EngineError
+
+    try:
+        envs.env_for(engine)
+    except EngineError as exc:
+        pytest.skip(f"{engine} env not installed: {exc}")
+
+
+def _assert_complete_training(run: Path) -> list[dict[str, object]]:
+    events = read_events(run / EVENTS_FILE)
+    train = [e for e in events if e["type"] == "train"]
+    assert [e["step"] for e in train] == list(range(1, 31)), "every step 1..30 once"
+    losses = [float(e["loss"]) for e in train]  # type: ignore[arg-type]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, f"loss did not go down: {losses}"
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    assert summary["status"] == "ok" and summary["steps"] == 30
+    assert summary["versions"].get("engine") and len(summary["recipe_hash"]) == 64
+    assert list((run / "outputs").rglob("adapter_model.safetensors")), "no adapter saved"
+    assert summary["artifacts"]["adapter_dir"]
+    assert not group_alive(summary["pgid"])
+    return events
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("engine", ENGINES)
+def test_engine_full_run(engine: str, tmp_path: Path) -> None:
+    _require_env(engine)
+    run = tmp_path / "run"
+    proc = subprocess.run(_cli("run", str(TINY), "--engine", engine, "--run-dir", str(run)), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=ENGINE_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_complete_training(run)
+    assert (run / LOG_FILE).stat().st_size > 0
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("engine", ENGINES)
+def test_engine_interrupt_then_resume(engine: str, tmp_path: Path) -> None:
+    """SIGINT after checkpoint-10 and a later step -> interrupted, group gone, dir intact; --resume then
+    continues from the checkpoint with no step twice in events.jsonl."""
+    _require_env(engine)
+    run = tmp_path / "run"
+    base = ("run", str(TINY), "--engine", engine, "--run-dir", str(run))
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(_cli(*base), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + ENGINE_TIMEOUT
+        while time.time() < deadline and proc.poll() is None:
+            events = read_events(run / EVENTS_FILE)
+            saved = [e["step"] for e in events if e["type"] == "checkpoint"]
+            if saved and max(train_steps(run) or [0]) > min(saved):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    summary = json.loads((run / SUMMARY_FILE).read_text())
+    assert summary["status"] == "interrupted"
+    assert not group_alive(summary["pgid"])
+    assert (run / MARKER_FILE).is_file() and (run / LOG_FILE).stat().st_size > 0
+    interrupted_at = max(train_steps(run))
+    assert interrupted_at < 30
+
+    refused = subprocess.run(_cli(*base), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+    resumed = subprocess.run(_cli(*base, "--resume"), cwd=tmp_path, capture_output=True, text=True,
+                             timeout=ENGINE_TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    events = _assert_complete_training(run)
+    starts = [e for e in events if e["type"] == "start"]
+    assert len(starts) == 2 and str(starts[1]["resume_from"]).startswith("outputs/checkpoint-")
+    resumed_from = int(str(starts[1]["resume_from"]).rsplit("-", 1)[1])
+    after = events[events.index(starts[1]):]
+    assert next(e["step"] for e in after if e["type"] == "train") == resumed_from + 1

@@ -362,6 +362,15 @@ def _end_group(pgid: int, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
+def _group_cpu_seconds(pgid: int) -> float | None:
+    """User + system CPU seconds used so far by the live processes of a group; None off Linux."""
+    if not os.path.isdir("/proc/self"):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    # utime and stime are fields 14 and 15 of /proc/pid/stat, index 11 and 12 after the command name.
+    return sum(int(f[11]) + int(f[12]) for _, f in _proc_stats() if len(f) > 12 and int(f[2]) == pgid) / ticks
+
+
 def _group_rss_gb(pgid: int) -> float | None:
     """Resident memory of the whole engine process group; None where /proc is unreadable."""
     page = os.sysconf("SC_PAGE_SIZE")
@@ -381,7 +390,8 @@ class _Supervisor:
                                      total_steps=spec.total_steps)
         self.seen_checkpoints: set[str] = {p.name for _, p in find_checkpoints(spec.output_dir)}
         self.last_output = time.time()
-        self.traceback_at: float | None = None
+        self.traceback_at: float | None = None  # when the last traceback line was seen
+        self.traceback_cpu: tuple[float, float | None] | None = None  # (window start, group CPU seconds)
         self.kill_reason: str | None = None
         self.pgid: int | None = None
         self.peak_rss_gb: float | None = None
@@ -415,6 +425,28 @@ class _Supervisor:
             self.emit(event)
         if self.normalizer.in_traceback:
             self.traceback_at = time.time()
+
+    def _hung_after_traceback(self, pgid: int, now: float) -> bool:
+        """A traceback, then `traceback_timeout` seconds with neither output nor CPU use. The CPU test
+        matters: engines log non-fatal tracebacks and may then spend minutes silently tokenizing or
+        compiling; a process that hangs on a dead kernel or lock sits idle. Busy silence is left to the
+        general stall timeout."""
+        if self.traceback_at is None:
+            self.traceback_cpu = None
+            return False
+        cpu = _group_cpu_seconds(pgid)
+        if self.traceback_cpu is None or self.traceback_at > self.traceback_cpu[0]:
+            self.traceback_cpu = (self.traceback_at, cpu)
+            return False
+        window = now - self.traceback_at
+        if window <= self.spec.traceback_timeout:
+            return False
+        if cpu is not None and self.traceback_cpu[1] is not None and cpu - self.traceback_cpu[1] > 0.1 * window:
+            # Working, not hung: measure the next window from here.
+            self.traceback_at = now
+            self.traceback_cpu = (now, cpu)
+            return False
+        return True
 
     def poll_checkpoints(self) -> None:
         for step, path in find_checkpoints(self.spec.output_dir):
@@ -504,8 +536,8 @@ class _Supervisor:
                                        f"(--stall-timeout {spec.stall_timeout:g})"
                     stop_sent_at = now
                     _killpg(pgid, signal.SIGTERM)
-                elif self.traceback_at is not None and now - self.traceback_at > spec.traceback_timeout:
-                    self.kill_reason = f"hung after a traceback: no output for {int(now - self.traceback_at)} s"
+                elif self._hung_after_traceback(pgid, now):
+                    self.kill_reason = f"hung after a traceback: no output for {int(now - self.last_output)} s"
                     stop_sent_at = now
                     _killpg(pgid, signal.SIGTERM)
             # A second Ctrl-C means "now"; otherwise the engine gets the grace period to unwind.

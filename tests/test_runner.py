@@ -95,6 +95,12 @@ def test_traceback_then_silence_is_caught(tmp_path: Path) -> None:
     assert any(e["type"] == "error" for e in read_events(tmp_path / "run" / EVENTS_FILE))
 
 
+def test_busy_silence_after_a_traceback_is_not_a_hang(tmp_path: Path) -> None:
+    result = execute(spec_for(tmp_path / "run", "--traceback-then-busy", "4", traceback_timeout=1.0))
+    assert result.status == "ok"
+    assert train_steps(tmp_path / "run") == [1, 2, 3, 4, 5, 6]
+
+
 def test_crash_is_classified(tmp_path: Path) -> None:
     result = execute(spec_for(tmp_path / "run", "--crash", "CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert result.status == "failed" and result.summary["returncode"] == 1

@@ -13,6 +13,9 @@ Residual differences this render cannot remove (reported by ``effective()`` and 
 - Weights dtype: LF derives it from the precision flags (bf16/fp16); for fp32 training it infers bf16/fp16
   from the checkpoint on a GPU (fp32 only on CPU). Trainable parameters are upcast to fp32 (PEFT does the
   same for LoRA in the other engines; for full fine-tuning the others keep them in the half dtype).
+- The tokenizer LF saves with the adapter keeps the checkpoint's own chat template (official Qwen3), not
+  the plain ChatML it trained with (qwen3_nothink does not replace the Jinja template); Axolotl saves the
+  pinned one.
 - ``overwrite_output_dir: true`` only stops the silent auto-resume; old checkpoints in ``output_dir`` are
   not deleted (the runner refuses a non-empty folder).
 """

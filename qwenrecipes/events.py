@@ -148,7 +148,9 @@ def event_from_log_dict(logs: dict[str, Any]) -> Event:
     return event
 
 
-def _parse_progress(line: str) -> Event | None:
+def _parse_progress(line: str) -> tuple[Event, str] | None:
+    """A tqdm bar and whatever follows it on the same line (a logger writing to stderr right after a
+    redraw, without the \r that tqdm.write would add)."""
     match = _TQDM_RE.match(line.strip())
     if not match:
         return None
@@ -164,7 +166,7 @@ def _parse_progress(line: str) -> Event | None:
         value = _number(rate[:-4].strip())
         if isinstance(value, (int, float)):
             event["steps_per_s"] = float(value)
-    return event
+    return event, line.strip()[match.end():]
 
 
 def parse_hf_line(line: str) -> list[Event]:
@@ -180,7 +182,8 @@ def parse_hf_line(line: str) -> list[Event]:
             return [event_from_log_dict(logs)]
     progress = _parse_progress(stripped)
     if progress is not None:
-        return [progress]
+        event, rest = progress
+        return [event, *parse_hf_line(rest)] if rest.strip() else [event]
     if stripped == _TRACEBACK_START:
         return [{"type": "error", "traceback_start": True, "message": stripped}]
     exception = _EXCEPTION_RE.match(stripped)

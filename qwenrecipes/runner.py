@@ -388,7 +388,9 @@ class _Supervisor:
         self.redactor = Redactor(spec.env)
         self.normalizer = Normalizer(spec.engine, logging_steps=spec.logging_steps, start_step=spec.start_step,
                                      total_steps=spec.total_steps)
-        self.seen_checkpoints: set[str] = {p.name for _, p in find_checkpoints(spec.output_dir)}
+        # Checkpoints are reported once, whether the engine's "Saving model checkpoint to" line or the
+        # folder poll sees them first; keyed by the path relative to the run dir.
+        self.seen_checkpoints: set[str] = {self._relative(p) for _, p in find_checkpoints(spec.output_dir)}
         self.last_output = time.time()
         self.traceback_at: float | None = None  # when the last traceback line was seen
         self.traceback_cpu: tuple[float, float | None] | None = None  # (window start, group CPU seconds)
@@ -400,7 +402,19 @@ class _Supervisor:
         self.log: BinaryIO  # opened by run()
         self.events: TextIO  # opened by run() / execute()
 
+    def _relative(self, path: Path | str) -> str:
+        path = Path(path)
+        if path.is_absolute():
+            with contextlib.suppress(ValueError):
+                path = path.relative_to(self.spec.run_dir.resolve())
+        return os.path.normpath(path)
+
     def emit(self, event: Event) -> None:
+        if event["type"] == "checkpoint" and event.get("path"):
+            key = self._relative(event["path"])
+            if key in self.seen_checkpoints:
+                return
+            self.seen_checkpoints.add(key)
         if event["type"] in EVENT_TYPES:
             stamped = make_event(self.redactor.value(event), t=time.time())
             self.events.write(json.dumps(stamped, ensure_ascii=False) + "\n")
@@ -450,9 +464,8 @@ class _Supervisor:
 
     def poll_checkpoints(self) -> None:
         for step, path in find_checkpoints(self.spec.output_dir):
-            if path.name not in self.seen_checkpoints:
-                self.seen_checkpoints.add(path.name)
-                self.emit({"type": "checkpoint", "step": step, "path": str(path.relative_to(self.spec.run_dir))})
+            if self._relative(path) not in self.seen_checkpoints:
+                self.emit({"type": "checkpoint", "step": step, "path": self._relative(path)})
 
     def run(self) -> tuple[str, int | None]:
         spec = self.spec

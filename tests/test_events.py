@@ -77,6 +77,21 @@ def test_trl_log_specifics() -> None:
     assert "mean_token_accuracy" in first and "entropy" in first
 
 
+def test_axolotl_log_specifics() -> None:
+    _log_or_skip("axolotl_tiny_lora.log")
+    events = _normalized("axolotl_tiny_lora.log")
+    first = next(e for e in events if e["type"] == "train")
+    assert "memory_gb" in first and "ppl" in first and isinstance(first["tokens_seen"], int)
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [10, 20, 30]
+
+
+def test_llamafactory_log_specifics() -> None:
+    _log_or_skip("llamafactory_tiny_lora.log")
+    events = _normalized("llamafactory_tiny_lora.log")
+    # LF's INFO "Saving model checkpoint to ..." follows the tqdm bar on the same line.
+    assert [e.get("step") for e in events if e["type"] == "checkpoint"] == [10, 20, 30, None]
+
+
 def test_axolotl_memory_keys() -> None:
     line = ("{'loss': 11.93, 'grad_norm': 0.21, 'learning_rate': 0.001, 'ppl': 151800.0, "
             "'memory/max_active (GiB)': 1.5, 'memory/max_allocated (GiB)': 1.25, "

@@ -53,3 +53,9 @@ LOSS_MASK_ASSISTANT = "assistant turns: content + <|im_end|>"
 LOSS_MASK_ALL = "all tokens"
 THINK_INLINE = "in the data text (qwenrecipes applied the rule; engine adds none)"
 TRUNCATION_NONE = "dropped by qwenrecipes before the engine (engine never truncates)"
+CHAT_TEMPLATE_PINNED = "plain ChatML (pinned, no default system prompt)"
+
+
+def quantization_value(bits: int, quant_type: str, double_quant: bool, compute_dtype: str) -> dict[str, object]:
+    """The one shape every engine reports quantization in, so `explain` compares like with like."""
+    return {"bits": bits, "quant_type": quant_type, "double_quant": bool(double_quant), "compute_dtype": compute_dtype}

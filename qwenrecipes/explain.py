@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,11 @@ def explain_plan(plan: Plan, engines: list[str]) -> list[ExplainRow]:
         values = {name: effective[name].get(concept) for name in engines}
         row = ExplainRow(concept, label, values, "")
         if row.diverges:
-            why = "; ".join(f"{name}: {notes[name][concept]}" for name in engines if concept in notes[name])
+            # Explain the odd ones out: notes of engines whose value differs from the most common one.
+            encoded = {name: json.dumps(v, sort_keys=True, default=str) for name, v in values.items()}
+            common = Counter(encoded.values()).most_common(1)[0][0]
+            odd = [name for name in engines if encoded[name] != common] or engines
+            why = "; ".join(f"{name}: {notes[name][concept]}" for name in odd if concept in notes[name])
             row = ExplainRow(concept, label, values, why or "engines differ (no note recorded)")
         rows.append(row)
     return rows

@@ -126,7 +126,8 @@ def test_qlora_cuda() -> None:
     assert c["use_bnb_nested_quant"] is True  # TRL's default is False
     eff = ENGINE.effective(ENGINE.render(plan))
     assert eff["method"] == "qlora"
-    assert eff["quantization"] == "4-bit nf4, double_quant=True, compute=bfloat16"
+    assert eff["quantization"] == {"bits": 4, "quant_type": "nf4", "double_quant": True,
+                                    "compute_dtype": "bfloat16"}
 
 
 def test_train_on_all_and_packing_and_eval() -> None:
@@ -155,7 +156,7 @@ def test_multi_gpu_accelerate_config() -> None:
     assert accelerate["num_processes"] == 2 and accelerate["distributed_type"] == "DEEPSPEED"
     assert ENGINE.command(plan)[:4] == ["accelerate", "launch", "--config_file", "accelerate_config.yaml"]
     eff = ENGINE.effective(files)
-    assert eff["gpus"] == 2 and eff["distributed"] == "deepspeed zero2" and eff["effective_batch"] == 8
+    assert eff["gpus"] == 2 and eff["distributed"] == "deepspeed_zero2" and eff["effective_batch"] == 8
 
 
 def test_effective_applies_trl_defaults_for_missing_keys(cpu_plan: Plan) -> None:

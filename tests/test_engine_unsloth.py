@@ -119,7 +119,8 @@ def test_qlora_cuda_quantization_explicit() -> None:
     assert c["FastLanguageModel.get_peft_model"]["use_gradient_checkpointing"] == "unsloth"
     assert c["SFTConfig"]["bf16"] is True and c["SFTConfig"]["optim"] == "adamw_8bit"
     eff = ENGINE.effective(ENGINE.render(plan))
-    assert eff["method"] == "qlora" and eff["quantization"] == "4-bit fp4, double_quant=False, compute=float16"
+    assert eff["method"] == "qlora" and eff["quantization"] == {
+        "bits": 4, "quant_type": "fp4", "double_quant": False, "compute_dtype": "float16"}
     assert eff["precision"] == "bf16" and str(eff["gradient_checkpointing"]).startswith("unsloth")
 
 

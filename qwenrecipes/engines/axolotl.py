@@ -31,7 +31,7 @@ DEEPSPEED_FILE = "deepspeed.json"
 # Inside the render folder, so a stale cache from another run (Axolotl's default `last_run_prepared` in
 # the cwd, keyed by a hash that ignores some options) can never be picked up.
 PREPARED_DIR = "axolotl_prepared"
-CHATML_NAME = "plain ChatML (pinned, no default system prompt)"
+CHATML_NAME = concepts.CHAT_TEMPLATE_PINNED
 IM_END = "<|im_end|>"
 ATTN = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "eager": "eager"}
 LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")

@@ -27,7 +27,7 @@ ACCELERATE_FILE = "accelerate_config.yaml"
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
 PEFT_QWEN3_DEFAULT_TARGETS = ["q_proj", "v_proj"]  # peft/utils/constants.py, used when lora_target_modules is None
-CHAT_TEMPLATE_CHATML = "plain ChatML (no default system prompt)"
+CHAT_TEMPLATE_CHATML = concepts.CHAT_TEMPLATE_PINNED
 
 # What TRL/transformers use for a key the YAML leaves out (trl/trainer/sft_config.py, base_config.py,
 # model_config.py, transformers/training_args.py). effective() applies these, so an edited file that drops
@@ -223,9 +223,17 @@ def _accelerate_config(plan: Plan) -> dict[str, Any]:
     return config
 
 
+# Why TRL's effective values differ where `explain` flags them.
+NOTES: dict[str, str] = {
+    "quantization": "TRL takes the 4-bit compute dtype from the model dtype (no separate knob)",
+    "packing": "TRL's bfd packing keeps rows separate only with flash_attention_2/3",
+}
+
+
 class TrlEngine:
     name = "trl"
     main_file = CONFIG_FILE
+    notes = NOTES
 
     def render(self, plan: Plan) -> dict[str, str]:
         context = header_context(plan, self.name)
@@ -263,8 +271,8 @@ class TrlEngine:
         four_bit = bool(c["load_in_4bit"])
         method = ("qlora" if four_bit else "lora") if adapter else "full"
         if four_bit:
-            quantization: str | None = (f"4-bit {c['bnb_4bit_quant_type']}, "
-                                        f"double_quant={bool(c['use_bnb_nested_quant'])}, compute={c['dtype']}")
+            quantization: dict[str, object] | str | None = concepts.quantization_value(
+                4, c["bnb_4bit_quant_type"], c["use_bnb_nested_quant"], c["dtype"])
         elif c["load_in_8bit"]:
             quantization = "8-bit (bitsandbytes int8)"
         else:
@@ -304,7 +312,7 @@ class TrlEngine:
         gpus = int(accelerate["num_processes"]) if accelerate else 1
         if accelerate:
             kind = accelerate["distributed_type"]
-            distributed = (f"deepspeed zero{accelerate['deepspeed_config']['zero_stage']}" if kind == "DEEPSPEED"
+            distributed = (f"deepspeed_zero{accelerate['deepspeed_config']['zero_stage']}" if kind == "DEEPSPEED"
                            else {"FSDP": "fsdp", "MULTI_GPU": "ddp"}.get(kind, kind.lower()))
         else:
             distributed = "none"

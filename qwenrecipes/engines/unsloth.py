@@ -159,9 +159,20 @@ def read_script(text: str) -> dict[str, Any]:
     return {"calls": calls, "assigns": assigns}
 
 
+# Why Unsloth's effective values differ where `explain` flags them (residual, not removable by rendering).
+NOTES: dict[str, str] = {
+    "attn": "FastLanguageModel takes no attn_implementation; Unsloth picks its own attention kernels",
+    "precision": "Unsloth's trainer patch runs fp32 recipes under bf16/fp16 autocast",
+    "gradient_checkpointing": "Unsloth's checkpointing offloads activations to CPU (same maths, less memory)",
+    "distributed": "Unsloth runs multi-GPU only as DDP under torchrun; deepspeed/fsdp recipes render as DDP",
+    "model": "without use_exact_model_name Unsloth remaps hub ids to its own unsloth/* repos",
+}
+
+
 class UnslothEngine:
     name = "unsloth"
     main_file = SCRIPT_FILE
+    notes = NOTES
 
     def render(self, plan: Plan) -> dict[str, str]:
         text = render_template("unsloth/train_unsloth.py.j2", **header_context(plan, self.name), **_context(plan))
@@ -204,11 +215,11 @@ class UnslothEngine:
         method = "full" if load["full_finetuning"] or not has_peft else ("qlora" if four_bit else "lora")
         dtype = load["dtype"] or "bfloat16 (Unsloth: bf16 when supported, else fp16)"
         if bnb is not None:
-            quantization: str | None = (f"4-bit {bnb.get('bnb_4bit_quant_type', 'fp4')}, "
-                                        f"double_quant={bool(bnb.get('bnb_4bit_use_double_quant', False))}, "
-                                        f"compute={bnb.get('bnb_4bit_compute_dtype', 'float32')}")
+            quantization: dict[str, object] | None = concepts.quantization_value(
+                4, bnb.get("bnb_4bit_quant_type", "fp4"), bnb.get("bnb_4bit_use_double_quant", False),
+                bnb.get("bnb_4bit_compute_dtype", "float32"))
         elif four_bit:
-            quantization = f"4-bit nf4, double_quant=True, compute={load['dtype']}"  # Unsloth's built-in config
+            quantization = concepts.quantization_value(4, "nf4", True, load["dtype"])  # Unsloth's built-in config
         else:
             quantization = None
 
@@ -261,7 +272,7 @@ class UnslothEngine:
             "use_dora": bool(peft["use_dora"]) if has_peft else None,
             "use_rslora": bool(peft["use_rslora"]) if has_peft else None,
             "modules_to_save": list(peft["modules_to_save"] or []) if has_peft else None,
-            "chat_template": "plain ChatML (no default system prompt)" if plain else "tokenizer's own template",
+            "chat_template": concepts.CHAT_TEMPLATE_PINNED if plain else "tokenizer's own template",
             "think_handling": concepts.THINK_INLINE if plain else "tokenizer template decides",
             "loss_mask": loss_mask,
             "train_file": data_files.get("train") if isinstance(data_files, dict) else data_files,

@@ -7,6 +7,7 @@ when the run could not start (bad recipe, run dir refused, env missing).
 from __future__ import annotations
 
 import datetime
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,9 @@ class _ProgressView:
             self.console.print(f"[yellow]warning:[/yellow] {event.get('message')}", markup=True, highlight=False)
         elif kind == "error":
             self.progress.update(self.task, description="[red]error")
+        elif kind == "end":
+            colour = {"ok": "green", "failed": "red"}.get(event.get("status", ""), "yellow")
+            self.progress.update(self.task, description=f"[{colour}]{event.get('status')}")
         elif kind == "raw" and self.verbose:
             self.console.print(event.get("message", ""), markup=False, highlight=False)
 
@@ -107,12 +111,13 @@ def run_command(recipe: Path, engine: str, run_dir: Path | None, resume: bool, f
     with _ProgressView(verbose) as view:
         result = execute(spec, on_event=view.on_event)
     _print_summary(result.summary, result.run_dir)
+    # sys.exit, not click's Exit: cli.main runs click with standalone_mode=False, which swallows Exit codes.
     if result.status == "failed":
-        raise click.exceptions.Exit(EXIT_FAILED)
+        sys.exit(EXIT_FAILED)
     if result.status == "interrupted":
         click.echo(f"continue with: qwenrecipes run {recipe} --engine {engine} --run-dir {result.run_dir} --resume",
                    err=True)
-        raise click.exceptions.Exit(EXIT_INTERRUPTED)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jsonschema
@@ -24,6 +24,9 @@ from qwenrecipes.resources import read_resource_text
 
 MAX_RECIPE_BYTES = 1_000_000
 MAX_DEPTH = 20
+# Above every bound in the schema by far. A bigger int is a typo or an attack: jsonschema repr()s the value
+# in its messages, and Python refuses to print ints of more than 4300 digits (ValueError, not a YAML error).
+MAX_INT_BITS = 64
 # Names people carry over from engine configs, mapped to the recipe's field (for "did you mean").
 SYNONYMS = {"rank": "r", "lora_r": "r", "lora_rank": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
             "lr": "learning_rate", "num_epochs": "epochs", "num_train_epochs": "epochs",
@@ -52,6 +55,12 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:  # `? [a, b]` keys: PyYAML would fail later with a bare TypeError
+            raise yaml.constructor.ConstructorError(
+                None, None, "mapping keys must be plain values, not lists or mappings", key_node.start_mark
+            ) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -69,7 +78,28 @@ def _compose_node_without_aliases(self: _StrictLoader, parent: Any, index: Any) 
     return yaml.composer.Composer.compose_node(self, parent, index)
 
 
+def _checked(constructor: Any, kind: str) -> Any:
+    """Scalars whose conversion raises ValueError (`2020-13-45`, a 5000-digit int) become YAML errors with a
+    line number, instead of escaping the loader as a bare ValueError (a traceback at the CLI)."""
+
+    def construct(loader: _StrictLoader, node: yaml.ScalarNode) -> Any:
+        try:
+            return constructor(loader, node)
+        except ValueError as exc:
+            # Drop CPython's "use sys.set_int_max_str_digits()" advice: the fix is in the recipe.
+            reason = str(exc).split(";")[0]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {str(node.value)[:40]!r} as {kind} ({reason})", node.start_mark
+            ) from None
+
+    return construct
+
+
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _checked(yaml.SafeLoader.construct_yaml_int, "an integer"))
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _checked(yaml.SafeLoader.construct_yaml_float, "a number"))
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp",
+                              _checked(yaml.SafeLoader.construct_yaml_timestamp, "a date"))
 _StrictLoader.compose_node = _compose_node_without_aliases  # type: ignore[method-assign]
 
 
@@ -149,7 +179,8 @@ def _describe(error: jsonschema.ValidationError, schema: dict[str, Any]) -> list
     path = list(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(_schema_at(schema, path).get("properties", {}))
-        extras = sorted(set(error.instance) - set(allowed))
+        # key=str: YAML keys may be ints, dates or None next to strings, which do not sort together.
+        extras = sorted(set(error.instance) - set(allowed), key=str)
         out = []
         for key in extras:
             synonym = SYNONYMS.get(str(key))
@@ -178,25 +209,64 @@ def _describe(error: jsonschema.ValidationError, schema: dict[str, Any]) -> list
     return [(_json_path(path), error.message)]
 
 
-def _finite_numbers(value: Any, parts: list[Any], problems: list[tuple[str, str]]) -> None:
-    """JSON Schema has no notion of NaN/inf; YAML has `.nan` and `.inf`. Refuse them explicitly."""
+def _screen_values(value: Any, parts: list[Any], problems: list[tuple[str, str]]) -> Any:
+    """Check what JSON Schema cannot express, and return the document with the offending values replaced by
+    None so the schema validator (which repr()s values in its messages) never sees them:
+    - NaN/inf: YAML has `.nan` and `.inf`, JSON Schema has no notion of them;
+    - ints too large to print (see MAX_INT_BITS);
+    - NUL characters: no path, argv entry or engine config can hold one (os calls raise ValueError)."""
     if isinstance(value, float) and not math.isfinite(value):
         problems.append((_json_path(parts), f"{value!r} is not a finite number"))
-    elif isinstance(value, dict):
-        for key, child in value.items():
-            _finite_numbers(child, [*parts, key], problems)
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            _finite_numbers(child, [*parts, index], problems)
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > MAX_INT_BITS:
+        digits = int(value.bit_length() * math.log10(2)) + 1
+        problems.append((_json_path(parts), f"an integer of about {digits} digits is out of range"))
+        return None
+    if isinstance(value, str) and "\x00" in value:
+        problems.append((_json_path(parts), "contains a NUL character (\\0), which no path or setting can hold"))
+        return None
+    if isinstance(value, dict):
+        return {key: _screen_values(child, [*parts, key], problems) for key, child in value.items()}
+    if isinstance(value, list):
+        return [_screen_values(child, [*parts, index], problems) for index, child in enumerate(value)]
+    return value
+
+
+def _output_dir_problems(document: dict[str, Any]) -> list[tuple[str, str]]:
+    """output.dir is joined onto the run/render folder; an absolute path or `..` would let the engine write
+    (and LLaMA-Factory's overwrite_output_dir overwrite) outside it, and the runner's artifact scan
+    assumes it is inside."""
+    output = document.get("output")
+    folder = output.get("dir") if isinstance(output, dict) else None
+    if not isinstance(folder, str):
+        return []
+    pure = PurePosixPath(folder)
+    if pure.is_absolute() or ".." in pure.parts or folder.startswith("~"):
+        return [("output.dir", f"{folder!r} must be a relative folder inside the run dir (no leading /, ~ or ..)")]
+    return []
+
+
+# Draft 2020-12 counts 8.0 as an integer; engines' argparse/dataclass fields do not (`lora_r: 8.0`).
+_TYPE_CHECKER = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPE_CHECKER)
 
 
 def schema_problems(document: dict[str, Any], file: str) -> list[Problem]:
     schema = recipe_schema()
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _Validator(schema)
     pairs: list[tuple[str, str]] = []
-    _finite_numbers(document, [], pairs)
-    for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
-        pairs.extend(_describe(error, schema))
+    screened = _screen_values(document, [], pairs)
+    pairs.extend(_output_dir_problems(screened))
+    flagged = {path for path, _ in pairs}
+
+    def repeats(path: str) -> bool:
+        # A value screened out above is None here: "None is not of type ..." at its path (or a oneOf
+        # complaint about its parent) would only repeat that problem.
+        return any(f == path or (path and f.startswith((f"{path}.", f"{path}["))) for f in flagged)
+
+    for error in sorted(validator.iter_errors(screened), key=lambda e: list(map(str, e.absolute_path))):
+        pairs.extend(p for p in _describe(error, schema) if not repeats(p[0]))
     unique = list(dict.fromkeys(pairs))
     return [Problem(file, path, message) for path, message in unique]
 
@@ -284,12 +354,16 @@ class Recipe:
         return self.method["type"] in ("lora", "qlora")
 
 
-def _dataset_ref(spec: dict[str, Any], base: Path) -> DatasetRef:
+def _dataset_ref(spec: dict[str, Any], base: Path, file: str, where: str) -> DatasetRef:
     path = spec["path"]
     candidate = Path(path).expanduser()
     if not candidate.is_absolute():
         candidate = base / candidate
-    looks_local = candidate.exists() or path.startswith((".", "/", "~")) or Path(path).suffix in (
+    try:
+        exists = candidate.exists()
+    except OSError as exc:  # e.g. ENAMETOOLONG: exists() only swallows "not found"-like errors
+        raise RecipeError([Problem(file, f"{where}.path", f"not a usable path: {exc.strerror}")]) from None
+    looks_local = exists or path.startswith((".", "/", "~")) or Path(path).suffix in (
         ".jsonl", ".json", ".parquet")
     return DatasetRef(path=path, format=spec.get("format", "messages"), fields=dict(spec.get("fields", {})),
                       split=spec.get("split", "train"), local_path=candidate.resolve() if looks_local else None)
@@ -305,8 +379,8 @@ def build_recipe(document: dict[str, Any], source: Path) -> Recipe:
     if document.get("training", {}).get("warmup_ratio") is not None and "warmup_steps" not in document["training"]:
         raw["training"]["warmup_steps"] = None  # an explicit ratio replaces the default step count
     base = source.parent
-    train = _dataset_ref(raw["data"]["train"], base)
-    evaluation = _dataset_ref(raw["data"]["eval"], base) if raw["data"].get("eval") else None
+    train = _dataset_ref(raw["data"]["train"], base, file, "data.train")
+    evaluation = _dataset_ref(raw["data"]["eval"], base, file, "data.eval") if raw["data"].get("eval") else None
     targets = raw["method"]["lora"]["target_modules"]
     return Recipe(source=source, raw=raw, train=train, eval=evaluation,
                   target_modules=list(ALL_LINEAR) if targets == "all-linear" else list(targets))

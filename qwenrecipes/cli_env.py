@@ -82,6 +82,8 @@ class _Reporter:
         from rich.markup import escape
 
         elapsed = time.monotonic() - self.started
+        if stage == "done":  # the command prints its own final line
+            return
         if stage != self.stage:
             self.stage = stage
             self.console.print(f"[dim]{elapsed:6.0f}s[/] {self.engine} [cyan]{stage}[/]: {escape(message[:160])}")
@@ -105,9 +107,10 @@ def list_(ctx: click.Context) -> None:
     if not infos:
         console.print(f"no engine envs under {root}: run `qwenrecipes env install ENGINE`")
         return
-    table = Table(title=str(root))
-    for column in ("engine", "status", "health", "versions", "created", "folder"):
+    table = Table(title=f"engine envs in {root}", title_justify="left")
+    for column in ("engine", "status", "health", "version", "torch", "transformers", "created"):
         table.add_column(column)
+    table.add_column("folder", no_wrap=True)
     colour = {"current": "green", "stale": "yellow", "incomplete": "red"}
     for info in infos:
         marker = info.marker or {}
@@ -116,8 +119,10 @@ def list_(ctx: click.Context) -> None:
             info.engine,
             f"[{colour[info.status]}]{info.status}[/]",
             str(marker.get("health", "-")),
-            _versions(versions) or "-",
-            str(marker.get("created", "-")),
+            versions.get("engine", "-"),
+            versions.get("torch", "-"),
+            versions.get("transformers", "-"),
+            str(marker.get("created", "-"))[:16].replace("T", " "),  # to the minute is enough here
             info.path.name,
         )
     console.print(table)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import json
 import os
 import queue
@@ -252,9 +251,6 @@ def prepare_run(recipe_path: str | Path, engine: str, *, run_dir: Path | None = 
     output_dir = run_dir / plan.recipe.output["dir"]
     engine_env = envs.env_for(engine)  # raises with the install hint when the env is missing
 
-    if resume and "resume_from" not in inspect.signature(engine_obj.command).parameters:
-        raise EngineError(f"the {engine} engine cannot resume a run yet (its command() takes no resume_from): "
-                          "start over with --force")
     resume_from, start_step = claim_run_dir(run_dir, engine, digest, output_dir, resume=resume, force=force)
     rendered = render_plan(plan, engine)
     write_rendered(plan, rendered, run_dir)

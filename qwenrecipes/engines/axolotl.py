@@ -269,13 +269,14 @@ class AxolotlEngine:
             files[DEEPSPEED_FILE] = render_template("axolotl/deepspeed.json.j2", config=ds)
         return files
 
-    def command(self, plan: Plan) -> list[str]:
+    def command(self, plan: Plan, resume_from: str | None = None) -> list[str]:
         gpus = plan.recipe.distributed["gpus"]
+        resume = ["--resume-from-checkpoint", resume_from] if resume_from else []
         if gpus > 1:
             # One process per GPU; torchrun is explicit where Axolotl's default accelerate launcher would
             # read a machine-wide accelerate config.
-            return ["axolotl", "train", MAIN_FILE, "--launcher", "torchrun", "--", f"--nproc_per_node={gpus}"]
-        return ["axolotl", "train", MAIN_FILE, "--launcher", "python"]
+            return ["axolotl", "train", MAIN_FILE, *resume, "--launcher", "torchrun", "--", f"--nproc_per_node={gpus}"]
+        return ["axolotl", "train", MAIN_FILE, *resume, "--launcher", "python"]
 
     def environment(self, plan: Plan) -> dict[str, str]:
         env = {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1"}

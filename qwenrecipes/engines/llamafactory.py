@@ -247,11 +247,13 @@ class LlamaFactoryEngine:
             "use_cpu": False,
         }
 
-    def command(self, plan: Plan) -> list[str]:
+    def command(self, plan: Plan, resume_from: str | None = None) -> list[str]:
+        # LF merges `key=value` arguments after the YAML into it (OmegaConf), so resuming is an override.
+        resume = [f"resume_from_checkpoint={resume_from}"] if resume_from else []
         if plan.recipe.distributed["strategy"] == "fsdp":
             return ["accelerate", "launch", "--config_file", ACCELERATE_FSDP, "-m", "llamafactory.launcher",
-                    MAIN_FILE]
-        return ["llamafactory-cli", "train", MAIN_FILE]
+                    MAIN_FILE, *resume]
+        return ["llamafactory-cli", "train", MAIN_FILE, *resume]
 
     def environment(self, plan: Plan) -> dict[str, str]:
         # DISABLE_VERSION_CHECK: LF 0.9.5 refuses transformers/peft/trl versions outside its own pins at

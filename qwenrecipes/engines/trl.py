@@ -248,8 +248,8 @@ class TrlEngine:
                                                      accelerate=_accelerate_config(plan))
         return files
 
-    def command(self, plan: Plan) -> list[str]:
-        tail = [LAUNCHER_FILE, "--config", CONFIG_FILE]
+    def command(self, plan: Plan, resume_from: str | None = None) -> list[str]:
+        tail = [LAUNCHER_FILE, "--config", CONFIG_FILE, *(["--resume", resume_from] if resume_from else [])]
         if plan.recipe.distributed["gpus"] > 1:
             return ["accelerate", "launch", "--config_file", ACCELERATE_FILE, *tail]
         return ["python", *tail]

@@ -178,11 +178,12 @@ class UnslothEngine:
         text = render_template("unsloth/train_unsloth.py.j2", **header_context(plan, self.name), **_context(plan))
         return {SCRIPT_FILE: text}
 
-    def command(self, plan: Plan) -> list[str]:
+    def command(self, plan: Plan, resume_from: str | None = None) -> list[str]:
         gpus = plan.recipe.distributed["gpus"]
+        resume = ["--resume", resume_from] if resume_from else []
         if gpus > 1:  # Unsloth's multi-GPU path is plain DDP under torchrun
-            return ["torchrun", "--standalone", f"--nproc_per_node={gpus}", SCRIPT_FILE]
-        return ["python", SCRIPT_FILE]
+            return ["torchrun", "--standalone", f"--nproc_per_node={gpus}", SCRIPT_FILE, *resume]
+        return ["python", SCRIPT_FILE, *resume]
 
     def environment(self, plan: Plan) -> dict[str, str]:
         env = {

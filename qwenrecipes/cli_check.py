@@ -119,24 +119,23 @@ def compare(run_dirs: tuple[Path, ...], output: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"runs": [r.to_json() for r in rows], "plot": str(plot)}))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="runs")
-    for column in ("engine", "run", "status", "steps", "first loss", "final loss", "min loss", "wall time",
-                   "tokens/s"):
-        table.add_column(column, justify="left" if column in ("engine", "run", "status") else "right")
-    for row in rows:
-        table.add_row(row.engine, row.run, row.status, _fmt(row.steps, "d"), _fmt(row.first_loss, ".4f"),
-                      _fmt(row.final_loss, ".4f"), _fmt(row.min_loss, ".4f"),
-                      f"{_fmt(row.wall_time_s, '.1f')} s" if row.wall_time_s is not None else "-",
-                      _fmt(row.tokens_per_s, ".0f"))
-    console = Console()
-    console.print(table)
+    # A plain fixed-width table: the run paths are long and a wrapped rich table would split them.
+    header = ["engine", "steps", "first loss", "final loss", "min loss", "wall time", "tokens/s", "status", "run"]
+    table = [header] + [[row.engine, _fmt(row.steps, "d"), _fmt(row.first_loss, ".4f"), _fmt(row.final_loss, ".4f"),
+                         _fmt(row.min_loss, ".4f"),
+                         f"{_fmt(row.wall_time_s, '.1f')} s" if row.wall_time_s is not None else "-",
+                         _fmt(row.tokens_per_s, ".0f"), row.status, row.run] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for number, line in enumerate(table):
+        cells = [cell.ljust(w) if i in (0, 7, 8) else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths,
+                                                                                                       strict=True))]
+        click.echo("  ".join(cells).rstrip())
+        if number == 0:
+            click.echo("  ".join("-" * w for w in widths))
     first, final = relative_spread([r.first_loss for r in rows]), relative_spread([r.final_loss for r in rows])
     if first is not None and final is not None:
-        console.print(f"spread across runs: first loss {first:.2%}, final loss {final:.2%}")
-    console.print(f"loss curves: {plot}")
+        click.echo(f"spread across runs: first loss {first:.2%}, final loss {final:.2%}")
+    click.echo(f"loss curves: {plot}")
 
 
 COMMANDS = [check, compare]

@@ -216,38 +216,55 @@ def _labels_from_spans(messages: Sequence[Mapping[str, str]], spans: list[tuple[
 
 @dataclass(frozen=True)
 class Residual:
-    """A documented difference an engine makes impossible to remove: the labels it produces instead."""
+    """A documented difference an engine makes impossible to remove: how it changes the reference labels."""
 
     engine: str
     name: str
     description: str
     train_on: str  # the recipe's train_on it applies to
-    expected: Callable[[Sequence[Mapping[str, str]], Tokens], list[int]]
+    apply: Callable[[Sequence[Mapping[str, str]], Tokens, list[int]], list[int]]  # (messages, reference, labels)
 
 
-def _lf_trailing_newline(messages: Sequence[Mapping[str, str]], reference: Tokens) -> list[int]:
+def _lf_trailing_newline(messages: Sequence[Mapping[str, str]], reference: Tokens, labels: list[int]) -> list[int]:
     """LF's assistant slot is `{{content}}<|im_end|>\\n`: the newline after each trained <|im_end|> is trained."""
     tokenizer = _tokenizer()
-    im_end, newline = tokenizer.token_to_id(IM_END), tokenizer.token_to_id("Ċ")  # Ċ: byte-level "\n"
-    labels = list(reference.labels)
-    for i in range(len(labels) - 1):
-        if labels[i] == im_end and reference.input_ids[i + 1] == newline:
-            labels[i + 1] = newline
-    return labels
+    im_end, newline = tokenizer.token_to_id(IM_END), tokenizer.token_to_id("Ċ")  # Ċ: byte-level "\\n"
+    out = list(labels)
+    for i in range(len(out) - 1):
+        if out[i] == im_end and reference.input_ids[i + 1] == newline:
+            out[i + 1] = newline
+    return out
 
 
-def _axolotl_headers_masked(messages: Sequence[Mapping[str, str]], reference: Tokens) -> list[int]:
+def _axolotl_headers_masked(messages: Sequence[Mapping[str, str]], reference: Tokens, labels: list[int]) -> list[int]:
     """Axolotl's chat_template strategy trains every turn's content + <|im_end|> but never the role headers."""
     return _labels_from_spans(messages, _turn_spans(messages))
+
+
+def _axolotl_empty_turn(messages: Sequence[Mapping[str, str]], reference: Tokens, labels: list[int]) -> list[int]:
+    """Axolotl finds a turn's span by diffing renders; an empty content has no span, so the turn is skipped and
+    its <|im_end|> (the only token the canonical rule trains there) stays masked."""
+    encoding = _tokenizer().encode(datamod.chatml_text(messages), add_special_tokens=False)
+    empty_ends = [(start, start + len(IM_END)) for (start, _end), message in zip(_turn_spans(messages), messages,
+                                                                                   strict=True)
+                  if message["content"] == ""]
+    return [IGNORE if any(s < e_end and e_start < e for e_start, e_end in empty_ends) else label
+            for label, (s, e) in zip(labels, encoding.offsets, strict=True)]
 
 
 RESIDUALS: tuple[Residual, ...] = (
     Residual("llamafactory", "trailing_newline",
              "LLaMA-Factory trains the \\n after each assistant <|im_end|> (its qwen3_nothink slot is "
              "content<|im_end|>\\n; no flag removes it)", "assistant", _lf_trailing_newline),
+    Residual("axolotl", "empty_turn_masked",
+             "Axolotl skips an assistant turn whose content is empty (possible only with qwen3_nothink), so its "
+             "<|im_end|> is not trained; no flag changes it", "assistant", _axolotl_empty_turn),
     Residual("axolotl", "headers_masked",
              "Axolotl masks the <|im_start|>role\\n headers and the \\n between turns even with train_on_inputs "
              "(its chat_template strategy has no every-token mode)", "all", _axolotl_headers_masked),
+    Residual("axolotl", "empty_turn_masked",
+             "Axolotl skips a turn whose content is empty, so its <|im_end|> is not trained", "all",
+             _axolotl_empty_turn),
 )
 
 
@@ -339,10 +356,15 @@ def compare_tokens(engine: str, sample: Sample, reference: Tokens, tokens: Token
     if tokens.input_ids == reference.input_ids and tokens.labels == reference.labels:
         return SampleResult(sample.name, "equal", tokens)
     if tokens.input_ids == reference.input_ids:
+        # The engine's residuals applied together, each named only where it changed something.
+        expected, applied = list(reference.labels), []
         for residual in residuals_for(engine, train_on):
-            if tokens.labels == residual.expected(sample.messages, reference):
-                diff = describe_difference(reference, tokens)
-                return SampleResult(sample.name, "residual", tokens, [residual.name], diff)
+            changed = residual.apply(sample.messages, reference, expected)
+            if changed != expected:
+                applied.append(residual.name)
+            expected = changed
+        if applied and tokens.labels == expected:
+            return SampleResult(sample.name, "residual", tokens, applied, describe_difference(reference, tokens))
     return SampleResult(sample.name, "mismatch", tokens, diff=describe_difference(reference, tokens))
 
 

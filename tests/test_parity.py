@@ -84,6 +84,13 @@ def test_final_loss_agrees_within_3_percent(rows: list[CompareRow]) -> None:
     assert spread is not None and spread <= FINAL_TOLERANCE, f"final-loss spread {spread:.2%}\n{_table(rows)}"
 
 
+def test_every_step_agrees_within_the_final_tolerance(rows: list[CompareRow]) -> None:
+    """Stronger than the end points: the curves overlay (same batches in the same order, same schedule)."""
+    for step in range(STEPS):
+        spread = relative_spread([r.curve[step][1] for r in rows])
+        assert spread is not None and spread <= FINAL_TOLERANCE, f"step {step + 1}: {spread:.2%}\n{_table(rows)}"
+
+
 def test_compare_renders_table_and_png(parity_runs: dict[str, Path], tmp_path: Path) -> None:
     from qwenrecipes.cli_check import compare
 

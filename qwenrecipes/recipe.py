@@ -11,6 +11,8 @@ import copy
 import difflib
 import json
 import math
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
@@ -75,7 +77,17 @@ def _compose_node_without_aliases(self: _StrictLoader, parent: Any, index: Any) 
         event = self.peek_event()
         raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in recipes",
                                           event.start_mark)
-    return yaml.composer.Composer.compose_node(self, parent, index)
+    # Stop a nesting bomb at the cap while composing: events are parsed lazily, so the rest of the file is
+    # never scanned. Letting PyYAML recurse until RecursionError took seconds per file (and more under load).
+    depth = getattr(self, "_depth", 0)
+    if depth > MAX_DEPTH:
+        raise yaml.composer.ComposerError(None, None, f"YAML nested deeper than {MAX_DEPTH} levels",
+                                          self.peek_event().start_mark)
+    self._depth = depth + 1
+    try:
+        return yaml.composer.Composer.compose_node(self, parent, index)
+    finally:
+        self._depth = depth
 
 
 def _checked(constructor: Any, kind: str) -> Any:
@@ -249,7 +261,20 @@ def _output_dir_problems(document: dict[str, Any]) -> list[tuple[str, str]]:
 # Draft 2020-12 counts 8.0 as an integer; engines' argparse/dataclass fields do not (`lora_r: 8.0`).
 _TYPE_CHECKER = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
     "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
-_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPE_CHECKER)
+
+
+def _pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
+    """`pattern` as the schema means it. jsonschema runs Python's re.search, where `$` also matches before a
+    final newline, so a name or target module ending in a newline passed. An end-of-string anchor does not."""
+    if not validator.is_type(instance, "string"):
+        return
+    anchored = pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith(r"\$") else pattern
+    if not re.search(anchored, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, validators={"pattern": _pattern},
+                                          type_checker=_TYPE_CHECKER)
 
 
 def schema_problems(document: dict[str, Any], file: str) -> list[Problem]:

@@ -1,0 +1,233 @@
+"""Offline engine bundles: one unpacked, trimmed site-packages folder for an air-gapped GPU host.
+
+Why not a venv: the host has no network and already carries the heavy, CUDA-matched part (torch, triton,
+the NVIDIA libraries, often transformers/peft/accelerate), and a device call may carry only ~64 MiB. So a
+bundle holds exactly what the engine's training path imports and the host lacks (or has at a version the
+engine refuses), as wheels unzipped into ``<out>/site`` (that is all installing a wheel is; the .dist-info
+folders stay so importlib.metadata versions resolve), then trimmed. On the host:
+``PYTHONPATH=<out>/site python3 -m <engine module> ...`` (``bench --python python3 --pythonpath <out>/site``).
+
+The package sets were read off real CPU and H200 runs (the shared bundle builders: sys.modules at exit of a tiny
+`train` run, then re-checked against a venv holding only the host's packages plus the bundle).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qwenrecipes.errors import QwenRecipesError
+
+DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
+                     "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
+
+# bitsandbytes ships one native library per CUDA version (~40 MB together): keep CUDA 13.0 (torch cu130) + CPU.
+_BNB_TRIM = ("bitsandbytes/libbitsandbytes_*.so", "!libbitsandbytes_cuda130.so", "!libbitsandbytes_cpu.so")
+_COMMON_TRIMS = ("test", "*/tests", "*.dist-info/sboms", "*.data", "**/__pycache__")
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    packages: tuple[str, ...]  # name==version, wheels (pip download --only-binary)
+    sdists: tuple[str, ...] = ()  # pure-Python sdists built into wheels here (pip wheel)
+    trims: tuple[str, ...] = ()  # globs under site/ to delete
+    keep_models: tuple[str, ...] = ()  # transformers/models/<name> kept whole when transformers is bundled
+    keep_modeling: tuple[str, ...] = ()  # ... or: every model package kept, modeling_*.py only for these
+    notes: str = ""
+
+
+SPECS: dict[str, BundleSpec] = {
+    "trl": BundleSpec(
+        packages=("trl==1.9.0", "datasets==4.8.5", "dill==0.4.1", "multiprocess==0.70.19", "bitsandbytes==0.50.2",
+                  "liger_kernel==0.8.5"),
+        notes="transformers, peft, accelerate, torch, triton, pyarrow, fsspec, xxhash from the host",
+    ),
+    "axolotl": BundleSpec(
+        packages=("axolotl==0.19.0", "transformers==5.16.1", "peft==0.20.0", "trl==1.9.0", "datasets==4.8.4",
+                  "dill==0.4.1", "multiprocess==0.70.19", "fsspec==2025.10.0", "pydantic==2.12.5",
+                  "pydantic_core==2.41.5", "annotated_types==0.8.0", "typing_inspection==0.4.5",
+                  "typing_extensions==4.15.0", "addict==2.4.0", "fire==0.7.1", "termcolor==3.3.0",
+                  "python-dotenv==1.0.1", "posthog==6.7.11", "backoff==2.2.1", "distro==1.9.0", "fastcore==2.2.41",
+                  "evaluate==0.4.1", "wandb==0.31.0", "platformdirs==4.14.8", "opentelemetry-api==1.45.2",
+                  "bitsandbytes==0.50.2", "torchao==0.17.0"),
+        sdists=("axolotl-contribs-lgpl==0.0.7",),
+        trims=("wandb/bin", "torchao/_C*.so", "torchao/_models", "torchao/csrc", "transformers/models/**/modular_*.py"),
+        keep_models=("auto", "bert", "bloom", "encoder_decoder", "gemma4", "internvl", "smolvlm", "speecht5",
+                     "voxtral", "qwen3", "qwen3_moe", "qwen2", "llama", "mistral"),
+        notes="accelerate, huggingface_hub, tokenizers, torch, triton from the host",
+    ),
+    "llamafactory": BundleSpec(
+        packages=("llamafactory==0.9.5", "transformers==5.6.0", "tokenizers==0.22.2", "peft==0.18.1",
+                  "accelerate==1.11.0", "trl==0.24.0", "datasets==4.0.0", "dill==0.3.8", "multiprocess==0.70.16",
+                  "fsspec==2025.3.0", "omegaconf==2.4.0", "bitsandbytes==0.50.2"),
+        trims=("llamafactory/webui", "transformers/models/**/modular_*.py"),
+        keep_modeling=("auto", "bert", "bloom", "mllama", "qwen3", "qwen3_moe", "qwen3_omni_moe", "qwen3_5",
+                       "qwen3_5_moe", "qwen3_next", "qwen2", "qwen2_moe", "qwen2_vl", "qwen2_5_vl", "qwen3_vl",
+                       "qwen3_vl_moe", "llama", "llama4", "mistral", "mixtral", "gemma", "gemma2", "gemma3", "phi3",
+                       "phimoe", "glm4", "glm4_moe", "glm4_moe_lite", "deepseek_v3", "olmoe", "gpt_oss", "jamba",
+                       "jetmoe", "granitemoe", "dbrx", "ernie4_5_moe"),
+        notes="LLaMA-Factory checks the configuration of every model in its mappings: only modeling files go",
+    ),
+    "unsloth": BundleSpec(
+        packages=("unsloth==2026.10.9", "unsloth_zoo==2026.10.9", "trl==1.15.0", "datasets==4.8.5", "dill==0.4.1",
+                  "multiprocess==0.70.19", "bitsandbytes==0.50.2", "cut_cross_entropy==25.1.1", "torchao==0.18.0",
+                  "tyro==1.0.17", "docstring_parser==0.18.0", "typeguard==4.6.1", "shtab==1.13.0",
+                  "msgspec==0.22.0", "pydantic==2.14.4", "pydantic_core==2.50.5", "annotated_types==0.8.0",
+                  "typing_inspection==0.4.5", "typing_extensions==4.16.0", "json5==0.17.3", "nest_asyncio==1.6.0",
+                  "structlog==26.1.0", "wheel==0.48.0", "certifi==2026.10.19.post1"),
+        trims=("studio", "torchao/_C*.so"),
+        notes="unsloth's Studio web app (82 MB) is not used for training",
+    ),
+}
+
+
+@dataclass
+class BundleResult:
+    site: Path
+    size_mib: float
+    packages: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # the host already has them
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_freeze(path: Path | None) -> dict[str, str]:
+    """`pip freeze` / `pip list --format=freeze` text -> {canonical name: version}."""
+    if path is None:
+        return {}
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)", line)
+        if match:
+            out[canonical(match.group(1))] = match.group(2)
+    return out
+
+
+def _pip(args: Sequence[str], progress: Callable[[str], None]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = [ln for ln in (proc.stderr or proc.stdout).splitlines() if "is ignored" not in ln][-6:]
+        raise QwenRecipesError(f"pip {' '.join(args[:2])} failed: {' | '.join(tail)}")
+
+
+def _find_wheel(folder: Path, requirement: str) -> Path:
+    name, _, version = requirement.partition("==")
+    stem = re.sub(r"[-.]+", "_", name).lower()
+    for wheel in sorted(folder.glob("*.whl")):
+        parts = wheel.name.split("-")
+        if len(parts) >= 2 and re.sub(r"[-.]+", "_", parts[0]).lower() == stem and parts[1] == version:
+            return wheel
+    raise QwenRecipesError(f"no wheel for {requirement} in {folder}")
+
+
+def _trim(site: Path, patterns: Sequence[str]) -> None:
+    for pattern in patterns:
+        for path in list(site.glob(pattern)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
+
+
+def _trim_transformers(site: Path, spec: BundleSpec) -> None:
+    models = site / "transformers" / "models"
+    if not models.is_dir():
+        return
+    for folder in models.iterdir():
+        if not folder.is_dir():
+            continue
+        if spec.keep_models and folder.name not in spec.keep_models:
+            # An empty package stays: transformers' auto classes import `transformers.models.<type>` while scanning
+            # their mappings in order (AutoTokenizer looks for Qwen2Tokenizer in audioflamingo3 before qwen2), and a
+            # missing module raises where an empty one just lacks the attribute and the scan moves on.
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            (folder / "__init__.py").write_text("# trimmed from this offline bundle\n", encoding="utf-8")
+        elif spec.keep_modeling and folder.name not in spec.keep_modeling:
+            for modeling in folder.glob("modeling_*.py"):
+                modeling.unlink()
+
+
+def _size_mib(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
+def build_bundle(engine: str, python_version: str, platforms: Sequence[str] | None, host_has: Path | None,
+                 out_dir: Path, *, max_mib: float = 55.0, wheel_cache: Path | None = None,
+                 progress: Callable[[str], None] | None = None) -> BundleResult:
+    """Download the engine's wheels for the host's Python and platform, unzip those the host lacks into
+    out_dir/site, trim, and refuse a bundle over ``max_mib``. A package the host has at the same version
+    (``host_has``: its pip freeze) is skipped."""
+    report = progress or (lambda message: None)
+    spec = SPECS.get(engine)
+    if spec is None:
+        raise QwenRecipesError(f"no bundle recipe for {engine!r}: choose one of {', '.join(SPECS)}")
+    if not re.fullmatch(r"3\.\d+", python_version):
+        raise QwenRecipesError(f"--python {python_version!r}: expected X.Y, e.g. 3.12")
+    host = read_freeze(host_has)
+    wanted, skipped = [], []
+    for requirement in (*spec.packages, *spec.sdists):
+        name, _, version = requirement.partition("==")
+        if host.get(canonical(name)) == version:
+            skipped.append(requirement)
+        else:
+            wanted.append(requirement)
+    cache = wheel_cache or Path(tempfile.gettempdir()) / f"qwenrecipes-wheels-py{python_version}"
+    cache.mkdir(parents=True, exist_ok=True)
+    platform_args = [arg for p in (platforms or DEFAULT_PLATFORMS) for arg in ("--platform", p)]
+    for requirement in wanted:
+        if requirement in spec.sdists:
+            continue
+        try:
+            _find_wheel(cache, requirement)
+            continue
+        except QwenRecipesError:
+            pass
+        report(f"downloading {requirement}")
+        _pip(["download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", python_version,
+              "--implementation", "cp", *platform_args, "-d", str(cache), requirement], report)
+    for requirement in wanted:
+        if requirement not in spec.sdists:
+            continue
+        try:
+            _find_wheel(cache, requirement)
+            continue
+        except QwenRecipesError:
+            pass
+        report(f"building a wheel of {requirement} (pure-Python sdist)")
+        with tempfile.TemporaryDirectory() as sdist_dir:
+            _pip(["download", "-q", "--no-deps", "--no-binary=:all:", "-d", sdist_dir, requirement], report)
+            sources = [str(p) for p in Path(sdist_dir).iterdir()]
+            _pip(["wheel", "-q", "--no-deps", "-w", str(cache), *sources], report)
+    site = out_dir / "site"
+    if site.exists():
+        shutil.rmtree(site)
+    site.mkdir(parents=True)
+    for requirement in wanted:
+        with zipfile.ZipFile(_find_wheel(cache, requirement)) as archive:
+            archive.extractall(site)
+    _trim_transformers(site, spec)
+    _trim(site, (*spec.trims, *_COMMON_TRIMS))
+    bnb = site / "bitsandbytes"
+    if bnb.is_dir():
+        for library in bnb.glob("libbitsandbytes_*.so"):
+            if library.name not in ("libbitsandbytes_cuda130.so", "libbitsandbytes_cpu.so"):
+                library.unlink()
+    size = _size_mib(site)
+    (out_dir / "MANIFEST.txt").write_text(
+        f"Offline site-packages for CPython {python_version} ({', '.join(platforms or DEFAULT_PLATFORMS[:1])}), "
+        f"engine {engine}: PYTHONPATH={site}\nBundled: {' '.join(wanted)}\nFrom the host (same version): "
+        f"{' '.join(skipped) or '-'}\nNotes: {spec.notes}\nSize: {size:.1f} MiB\n", encoding="utf-8")
+    if size > max_mib:
+        raise QwenRecipesError(f"the {engine} bundle is {size:.1f} MiB, over --max-mib {max_mib:g}: trim more "
+                               "(or raise the limit if the host call can carry it)")
+    return BundleResult(site=site, size_mib=size, packages=wanted, skipped=skipped)

@@ -165,27 +165,26 @@ def tiny_model(out_dir: Path, seed: int) -> None:
     click.echo(f"wrote {path}")
 
 
-COMMAND_MODULES = ["qwenrecipes.cli_env", "qwenrecipes.cli_run", "qwenrecipes.cli_export"]
+# Commands that live in their own modules; each module exports COMMANDS.
+COMMAND_MODULES = ["qwenrecipes.cli_env", "qwenrecipes.cli_run", "qwenrecipes.cli_check", "qwenrecipes.cli_bench",
+                   "qwenrecipes.cli_export"]
 
 
-def _attach_optional_commands() -> None:
-    """Commands that live in their own modules; each module exports COMMANDS."""
+def _attach_commands() -> None:
     import importlib
 
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # TODO(lead): strict once every module has landed
-            if exc.name != name:
-                raise
-            continue
-        for command in module.COMMANDS:
+        for command in importlib.import_module(name).COMMANDS:
             cli.add_command(command)
+    from qwenrecipes import cli_bench, cli_env
+
+    for command in cli_bench.BUNDLE_COMMANDS:  # `qwenrecipes env bundle`: offline site dirs for GPU hosts
+        cli_env.env.add_command(command)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the one place that maps errors to exit codes and messages."""
-    _attach_optional_commands()
+    _attach_commands()
     try:
         cli.main(args=argv, prog_name="qwenrecipes", standalone_mode=False)
     except RecipeError as exc:

@@ -25,6 +25,7 @@ def tokenize() -> list[dict[str, list[int]]]:
     raw.update({"dataset_prepared_path": "axolotl_check_prepared", "output_dir": "check_output",
                 "sample_packing": False, "eval_sample_packing": False, "pad_to_sequence_len": False,
                 "test_datasets": None, "eval_strategy": "no"})
+    raw.pop("eval_steps", None)  # Axolotl refuses eval_steps without eval_strategy: steps
     if not torch.cuda.is_available():
         raw.update({"bf16": False, "fp16": False, "bfloat16": False, "float16": False, "load_in_4bit": False,
                     "load_in_8bit": False, "bnb_config_kwargs": None, "deepspeed": None, "fsdp_config": None})

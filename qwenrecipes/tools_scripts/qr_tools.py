@@ -127,9 +127,27 @@ def _top(row: Any, k: int) -> list[int]:
     return [int(i) for i in np.argsort(-row, kind="stable")[:k]]
 
 
+def _without_extra_buffer_types() -> None:
+    """Load GGUFs without llama.cpp's "extra buffer types" (weight repacking for AMX / AVX kernels).
+    A native build on a Xeon that advertises AMX uses AMX for q8_0/q4_K matmuls, and where the VM does not
+    really enable AMX that dies with SIGILL (seen on our CI-class machines). The check compares numbers;
+    it needs no repacked kernels."""
+    import llama_cpp.llama_cpp as low
+
+    default = low.llama_model_default_params
+
+    def params() -> Any:
+        value = default()
+        value.use_extra_bufts = False
+        return value
+
+    low.llama_model_default_params = params
+
+
 def _gguf_top(path: str, ids: list[int], text: str, k: int) -> dict[str, Any]:
     import llama_cpp
 
+    _without_extra_buffer_types()
     llm = llama_cpp.Llama(model_path=path, n_ctx=max(64, len(ids) + 8), logits_all=True, verbose=False,
                           n_threads=max(1, min(4, os.cpu_count() or 1)), seed=0)
     llm.eval(ids)

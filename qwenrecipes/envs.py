@@ -699,6 +699,10 @@ def install_env(
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{final.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         build = Path(tempfile.mkdtemp(prefix=f"{_BUILD_PREFIX}{final.name}-", dir=root))
+        # mkdtemp makes the folder 0700; an env is shared (CI jobs, other users), so give it the usual mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        build.chmod(0o777 & ~umask)
         try:
             with open(log_path, "w", encoding="utf-8") as log:
                 health = _build(engine, lock, base_python, build, final, installer, report, log)
@@ -737,7 +741,7 @@ def _build(
         # --seed: pip + setuptools in the env, so the torch step can use the machine's pip config and
         # code that imports setuptools/pkg_resources at run time keeps working.
         _stream(
-            ["uv", "venv", "--seed", "--python", base_python, str(build)],
+            ["uv", "venv", "--seed", "--prompt", final.name, "--python", base_python, str(build)],
             env=env,
             stage="venv",
             progress=report,
@@ -747,7 +751,11 @@ def _build(
         # mkdtemp made the folder; venv happily fills an empty one. --without-pip: ensurepip takes 5-50 s
         # (it installs a bundled pip we would replace with the lock's anyway); the bootstrap step brings pip.
         _stream(
-            [base_python, "-m", "venv", "--without-pip", str(build)], env=env, stage="venv", progress=report, log=log
+            [base_python, "-m", "venv", "--without-pip", "--prompt", final.name, str(build)],
+            env=env,
+            stage="venv",
+            progress=report,
+            log=log,
         )
         host_pip = _host_pip()
         if lock.bootstrap and host_pip:

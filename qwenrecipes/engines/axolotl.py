@@ -129,10 +129,12 @@ class AxolotlEngine:
                 # Tied Qwen3 embeddings: keep embed_tokens/lm_head copies tied when both are trained in full.
                 "peft_ensure_weight_tying": {"embed_tokens", "lm_head"} <= set(lora["modules_to_save"]),
             }
-            # Fused LoRA kernels are auto-enabled unless set. Off on CPU (they hang there) and off on CUDA
-            # too: they are a different numerical path than the plain PEFT forward every other engine runs,
-            # and "the same recipe trains the same thing" wins over their speed-up.
-            adapter.update(dict.fromkeys(LORA_KERNELS, False))
+            # Axolotl's fused LoRA kernels compute the same LoRA function as PEFT in fused Triton code:
+            # measured on the H200 (Qwen3-4B, seq 2048, no checkpointing) 15.0k tok/s and 52.5 GiB with them
+            # against 12.5k and 69.7 GiB without. They need a CUDA GPU (on CPU they hang), dropout 0 and no
+            # DoRA; everywhere else they are off, explicitly (Axolotl would auto-enable them).
+            fused = plan.target == "cuda" and lora["dropout"] == 0 and not lora["use_dora"]
+            adapter.update(dict.fromkeys(LORA_KERNELS, fused))
         else:
             adapter = {"adapter": None}
         adapter["load_in_8bit"] = False

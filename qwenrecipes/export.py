@@ -82,7 +82,8 @@ TOOLS_PYTHON_ENV = "QWENRECIPES_TOOLS_PYTHON"  # a python with torch+transformer
 VERIFY_MESSAGES = [{"role": "user", "content": "Name three moons of Jupiter and say one fact about each."}]
 # Minimum top-1 agreement (over all prompt positions) of the GGUF with the merged model, per quant.
 # f16 only rounds weights; q8_0 loses a little more; q4_k_m changes predictions on near-ties (a random
-# tiny model is all near-ties), so it is reported, never failed on.
+# tiny model is all near-ties), so it is reported, never failed on. Measured on the tiny model (20 positions,
+# llama-cpp-python 0.3.36): f16 1.00, q8_0 1.00, q4_k_m 0.55.
 GGUF_MIN_AGREEMENT = {"f16": 0.9, "q8_0": 0.8, "q4_k_m": 0.0}
 
 SourceKind = Literal["adapter", "model"]

@@ -170,6 +170,10 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
             warnings.append("chat_template qwen3 with no reasoning in the data: every assistant turn is trained "
                             "with an empty <think></think> block (use qwen3_nothink for a non-thinking model)")
         prepared = [datamod.apply_think_rule(c, recipe.model["chat_template"]) for c in conversations]
+        empty = sum(1 for row in prepared for m in row if m["role"] == "assistant" and not m["content"])
+        if empty:
+            warnings.append(f"{empty} assistant turns are empty: Axolotl trains nothing there (the other engines "
+                            "train their <|im_end|>); drop them for identical training on every engine")
         prepared, dropped = datamod.drop_overlong(prepared, data["max_seq_length"])
         if dropped:
             warnings.append(f"{dropped} training rows are longer than max_seq_length={data['max_seq_length']} "

@@ -12,6 +12,8 @@ Residual differences this render cannot remove (reported by ``effective()`` and 
 - ``train_on: all`` trains every turn's content + ``<|im_end|>`` but still masks the
   ``<|im_start|>role\\n`` headers and the newline between turns (the chat_template strategy has no
   "every token" mode short of a different dataset type).
+- An assistant turn with empty content (possible with ``qwen3_nothink``) is skipped: Axolotl's turn finder
+  finds no span, so that turn's ``<|im_end|>`` is not trained (``qwenrecipes check`` reports it).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ LIGER_FLAGS = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_fu
 NOTES: dict[str, str] = {
     "warmup_steps": "Axolotl bumps warmup_steps=1 to 2",
     "model_dtype": "Axolotl loads the base weights in the mixed-precision dtype (bf16/fp16 flags decide it)",
-    "loss_mask": "Axolotl's chat_template strategy masks role headers even with train_on_inputs",
+    "loss_mask": "Axolotl's chat_template strategy masks role headers even with train_on_inputs, and trains "
+                 "nothing for an assistant turn with empty content",
     "eval_steps": "Axolotl also evaluates once before the first step when eval is on",
 }
 

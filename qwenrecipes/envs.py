@@ -47,6 +47,9 @@ ENGINE_PACKAGES: dict[str, str] = {
     "llamafactory": "llamafactory",
     "trl": "trl",
     "unsloth": "unsloth",
+    # Not an engine: merge / generate / GGUF export with llama-cpp-python (built from source by pip: cmake + a
+    # C++ compiler, ~10+ minutes on 2 cores). Without it the trl env does merge, generate, f16/q8_0 export.
+    "tools": "llama-cpp-python",
 }
 
 # What the health check imports, as "module" or "module:attribute". These are the modules a training run
@@ -57,6 +60,7 @@ _HEALTH_IMPORTS: dict[str, list[str]] = {
     "llamafactory": ["llamafactory.train.tuner"],
     "trl": ["trl:SFTTrainer", "peft:LoraConfig"],
     "unsloth": ["unsloth:FastLanguageModel"],
+    "tools": ["peft:PeftModel", "transformers:AutoModelForCausalLM", "llama_cpp:llama_model_quantize"],
 }
 
 # Unsloth raises on import when no CUDA GPU is visible; on a CPU machine its env can still be installed,

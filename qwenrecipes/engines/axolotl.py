@@ -25,7 +25,13 @@ from typing import Any
 import yaml
 
 from qwenrecipes import concepts
-from qwenrecipes.engines.base import CHATML_TEMPLATE, CHATML_TEMPLATE_PLAIN, header_context, render_template
+from qwenrecipes.engines.base import (
+    CHATML_TEMPLATE,
+    CHATML_TEMPLATE_PLAIN,
+    header_context,
+    offline_environment,
+    render_template,
+)
 from qwenrecipes.plan import Plan
 
 MAIN_FILE = "axolotl.yaml"
@@ -285,9 +291,7 @@ class AxolotlEngine:
 
     def environment(self, plan: Plan) -> dict[str, str]:
         env = {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1"}
-        local_model = plan.model_path.startswith(("/", ".", "~"))
-        if local_model and plan.train_rows is not None:
-            env["HF_HUB_OFFLINE"] = "1"  # nothing to fetch: fail fast instead of probing the hub
+        env.update(offline_environment(plan))
         if plan.recipe.output["report_to"] != "wandb":
             env["WANDB_MODE"] = "disabled"
         return env

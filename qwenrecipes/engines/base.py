@@ -93,6 +93,14 @@ def render_template(name: str, **context: Any) -> str:
     return jinja_env().get_template(name).render(**context)
 
 
+def offline_environment(plan: Plan) -> dict[str, str]:
+    """HF offline flags when the model and data are local: nothing to fetch, so fail fast instead of probing
+    the hub (and never send a request the user did not ask for)."""
+    if not plan.is_local:
+        return {}
+    return {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
 def header_context(plan: Plan, engine: str) -> dict[str, Any]:
     from qwenrecipes import __version__
 

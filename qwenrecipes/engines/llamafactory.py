@@ -30,7 +30,7 @@ import yaml
 
 from qwenrecipes import concepts
 from qwenrecipes.engines.axolotl import DEEPSPEED_FILE, deepspeed_config
-from qwenrecipes.engines.base import header_context, render_template
+from qwenrecipes.engines.base import header_context, offline_environment, render_template
 from qwenrecipes.plan import Plan
 
 MAIN_FILE = "llamafactory.yaml"
@@ -263,8 +263,7 @@ class LlamaFactoryEngine:
         if gpus > 1 and plan.recipe.distributed["strategy"] != "fsdp":
             # Explicit torchrun with the recipe's GPU count (LF would otherwise take every visible GPU).
             env.update({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(gpus), "NNODES": "1"})
-        if plan.model_path.startswith(("/", ".", "~")) and plan.train_rows is not None:
-            env["HF_HUB_OFFLINE"] = "1"
+        env.update(offline_environment(plan))
         if plan.recipe.output["report_to"] != "wandb":
             env["WANDB_MODE"] = "disabled"
         return env

@@ -10,13 +10,12 @@ Checked against trl 1.9.0 / transformers 5.16.1 / peft 0.20.0.
 
 from __future__ import annotations
 
-from pathlib import PurePath
 from typing import Any
 
 import yaml
 
 from qwenrecipes import concepts
-from qwenrecipes.engines.base import CHATML_TEMPLATE, header_context, render_template
+from qwenrecipes.engines.base import CHATML_TEMPLATE, header_context, offline_environment, render_template
 from qwenrecipes.plan import Plan
 
 TRL_VERSION = "1.9.0"
@@ -81,14 +80,6 @@ TRL_DEFAULTS: dict[str, Any] = {
     "train_sampling_strategy": "random",
     "loss_type": None,  # None becomes chunked_nll (nll with use_liger_kernel)
 }
-
-
-def _is_local(plan: Plan) -> bool:
-    """Offline mode is only safe when neither the model nor the data comes from the hub."""
-    path = plan.model_path
-    local_model = PurePath(path).is_absolute() or path.startswith((".", "~")) or plan.recipe.model[
-        "name_or_path"].startswith("builtin:")
-    return local_model and plan.train_rows is not None and (plan.eval_file is None or plan.eval_rows is not None)
 
 
 def _loss_type(plan: Plan) -> str:
@@ -257,8 +248,7 @@ class TrlEngine:
     def environment(self, plan: Plan) -> dict[str, str]:
         env = {"WANDB_MODE": "disabled" if plan.recipe.output["report_to"] != "wandb" else "online",
                "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
-        if _is_local(plan):
-            env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        env.update(offline_environment(plan))
         return env
 
     def effective(self, files: dict[str, str]) -> dict[str, Any]:

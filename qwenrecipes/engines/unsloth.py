@@ -21,11 +21,10 @@ Checked against the unsloth 2026.10.9 / unsloth_zoo 2026.10.9 sources (trl 1.15,
 from __future__ import annotations
 
 import ast
-from pathlib import PurePath
 from typing import Any
 
 from qwenrecipes import concepts
-from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN, header_context, render_template
+from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN, header_context, offline_environment, render_template
 from qwenrecipes.plan import Plan
 
 UNSLOTH_VERSION = "2026.10.9"
@@ -56,13 +55,6 @@ SFT_DEFAULTS: dict[str, Any] = {
     "eval_strategy": "no", "eval_steps": None, "use_liger_kernel": False, "report_to": "none",
     "assistant_only_loss": False, "completion_only_loss": None,
 }
-
-
-def _is_local(plan: Plan) -> bool:
-    path = plan.model_path
-    local_model = PurePath(path).is_absolute() or path.startswith((".", "~")) or plan.recipe.model[
-        "name_or_path"].startswith("builtin:")
-    return local_model and plan.train_rows is not None and (plan.eval_file is None or plan.eval_rows is not None)
 
 
 def _context(plan: Plan) -> dict[str, Any]:
@@ -194,8 +186,7 @@ class UnslothEngine:
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "DO_NOT_TRACK": "1",
         }
-        if _is_local(plan):
-            env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        env.update(offline_environment(plan))
         return env
 
     def effective(self, files: dict[str, str]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -291,21 +292,6 @@ def test_push_needs_token_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 # ------------------------------------------------------------------------ the real chain (engine)
 
-_MAKE_ADAPTER = """
-import sys, torch
-from transformers import AutoModelForCausalLM
-from peft import LoraConfig, get_peft_model
-torch.manual_seed(0)
-model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32)
-config = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, task_type="CAUSAL_LM",
-                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-peft_model = get_peft_model(model, config)
-with torch.no_grad():  # a visibly different model, so merging (or not) changes the logits
-    for name, param in peft_model.named_parameters():
-        if "lora_B" in name:
-            param.mul_(5.0)
-peft_model.save_pretrained(sys.argv[2])
-"""
 
 
 def _tools_or_skip() -> export.Tools:
@@ -317,12 +303,20 @@ def _tools_or_skip() -> export.Tools:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A run dir whose adapter is a random (non-zero) LoRA on the tiny model: no training needed."""
-    tool = _tools_or_skip()
-    run = _write_run(tmp_path_factory.mktemp("export") / "run", template="qwen3", max_len=512)
-    base = resolve_builtin_model(TINY_QWEN3_REF)
-    subprocess.run([str(tool.python), "-c", _MAKE_ADAPTER, str(base), str(run / "outputs" / "adapter")],
-                   env=tool.env, check=True, capture_output=True)
+    """A real run dir: `qwenrecipes run` trains the tiny Qwen3 a few steps with TRL (train -> merge -> ...)."""
+    _tools_or_skip()
+    from qwenrecipes.envs import env_for
+
+    try:
+        env_for("trl")
+    except QwenRecipesError as exc:
+        pytest.skip(f"trl env not installed: {exc}")
+    run = tmp_path_factory.mktemp("export") / "run"
+    recipe = Path(__file__).parent / "recipes" / "export-tiny.yaml"
+    result = subprocess.run([sys.executable, "-c", "from qwenrecipes.cli import main; main()", "run", str(recipe),
+                             "--engine", "trl", "--run-dir", str(run), "--target", "cpu"],
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
     yield run
 
 

@@ -381,7 +381,10 @@ class Recipe:
 
 def _dataset_ref(spec: dict[str, Any], base: Path, file: str, where: str) -> DatasetRef:
     path = spec["path"]
-    candidate = Path(path).expanduser()
+    try:
+        candidate = Path(path).expanduser()
+    except RuntimeError:  # "~someone/x" for a user this machine does not know
+        raise RecipeError([Problem(file, f"{where}.path", f"{path!r}: no such user's home folder")]) from None
     if not candidate.is_absolute():
         candidate = base / candidate
     try:

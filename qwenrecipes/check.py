@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -388,7 +389,7 @@ def check_plan_for(plan: Plan) -> Plan:
     """The plan whose render the engines preprocess: a hub model id is swapped for the bundled tiny Qwen3,
     which carries the real Qwen3 tokenizer (one tokenizer for every Qwen3 size), so nothing is downloaded
     and no multi-GB weights are needed to tokenize. A local model dir is kept: its own tokenizer counts."""
-    if Path(plan.model_path).expanduser().is_dir():
+    if Path(os.path.expanduser(plan.model_path)).is_dir():  # os.path's never raises for an unknown ~user
         return plan
     from qwenrecipes.tiny import TINY_QWEN3_REF, resolve_builtin_model
 

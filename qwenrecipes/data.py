@@ -47,6 +47,8 @@ def read_rows(ref: DatasetRef, file_label: str) -> list[dict[str, Any]]:
     assert path is not None, "hub datasets are not read locally"
     if not path.exists():
         raise RecipeError([Problem(file_label, "data", f"data file not found: {path}")])
+    if not path.is_file():  # a FIFO or /dev/zero would be read forever
+        raise RecipeError([Problem(file_label, "data", f"data path is not a regular file: {path}")])
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
@@ -65,17 +67,23 @@ def read_rows(ref: DatasetRef, file_label: str) -> list[dict[str, Any]]:
                 raise RecipeError([Problem(str(path), "", "a .json data file holds a list of rows")])
             return document
         rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        # split("\n"), not splitlines(): JSON strings may hold U+2028, NEL and other characters that
+        # splitlines() also treats as line ends.
+        for number, line in enumerate(text.split("\n"), start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise RecipeError([Problem(str(path), f"line {number}", f"invalid JSON: {exc.msg}")]) from None
+                except RecursionError:
+                    raise RecipeError([Problem(str(path), f"line {number}", "JSON nested too deeply")]) from None
         return rows
-    except UnicodeDecodeError:
-        raise RecipeError([Problem(str(path), "", "data file is not UTF-8 text")]) from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError([Problem(str(path), "", f"data file is not UTF-8 text (byte {exc.start})")]) from None
     except json.JSONDecodeError as exc:
         raise RecipeError([Problem(str(path), "", f"invalid JSON: {exc.msg}")]) from None
+    except RecursionError:
+        raise RecipeError([Problem(str(path), "", "JSON nested too deeply")]) from None
 
 
 def _messages_from_row(row: dict[str, Any], ref: DatasetRef) -> list[dict[str, str]]:

@@ -74,7 +74,7 @@ class Plan:
     def is_local(self) -> bool:
         """Model and every dataset are on this machine: engines can run with the hub switched off."""
         path = self.model_path
-        local_model = Path(path).expanduser().is_absolute() or path.startswith((".", "~"))
+        local_model = Path(path).is_absolute() or path.startswith((".", "~"))
         local_eval = self.recipe.eval is None or self.recipe.eval.local_path is not None
         return local_model and self.recipe.train.local_path is not None and local_eval
 

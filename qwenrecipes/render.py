@@ -8,11 +8,9 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from qwenrecipes.data import write_jsonl
 from qwenrecipes.engines import ENGINES
-from qwenrecipes.engines.base import Engine
+from qwenrecipes.engines.base import Engine, dump_yaml
 from qwenrecipes.errors import QwenRecipesError
 from qwenrecipes.plan import EVAL_FILE, TRAIN_FILE, Plan
 
@@ -44,8 +42,9 @@ class Rendered:
 def resolved_recipe_text(plan: Plan) -> str:
     """The recipe with every default filled and the resolved values, as the render folder keeps it."""
     document = {"recipe": plan.recipe.raw, "resolved": plan.summary(), "warnings": plan.warnings}
-    header = f"# {plan.recipe.source.name}, resolved by qwenrecipes. Every value below is what the engines got.\n"
-    return header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=1000)
+    source = " ".join(plan.recipe.source.name.split())  # a newline in a file name would end the comment
+    header = f"# {source}, resolved by qwenrecipes. Every value below is what the engines got.\n"
+    return header + dump_yaml(document)
 
 
 def render_plan(plan: Plan, engine_name: str) -> Rendered:

@@ -473,8 +473,9 @@ class _Supervisor:
         with open(spec.run_dir / LOG_FILE, "ab") as self.log, \
                 open(spec.run_dir / EVENTS_FILE, "a", encoding="utf-8") as self.events, \
                 _signals_to_flag(flag):
-            self.log.write(f"\n===== qwenrecipes: {' '.join(spec.argv)} (resume_from={spec.resume_from}) "
-                           f"{time.strftime('%Y-%m-%dT%H:%M:%S')} =====\n".encode())
+            header = (f"\n===== qwenrecipes: {' '.join(spec.argv)} (resume_from={spec.resume_from}) "
+                      f"{time.strftime('%Y-%m-%dT%H:%M:%S')} =====\n")
+            self.log.write(self.redactor.data(header.encode()))
             try:
                 process = subprocess.Popen(
                     spec.argv, cwd=spec.run_dir, env=spec.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -90,13 +90,13 @@ def test_dataset_info(cpu_plan: Plan) -> None:
 
 @pytest.mark.parametrize("which", ["cpu", "qlora"])
 def test_args_round_trip(which: str, cpu_plan: Plan, qlora_plan: Plan) -> None:
-    """llamafactory.args is the YAML as `--key value` lines; shlex.split gives back the exact values."""
+    """llamafactory.args is the YAML as `--key=value` lines; shlex.split gives back the exact values."""
     plan = cpu_plan if which == "cpu" else qlora_plan
     files = ENGINE.render(plan)
     cfg = yaml.safe_load(files["llamafactory.yaml"])
-    pairs = [shlex.split(line) for line in files["llamafactory.args"].splitlines() if line.strip()]
-    assert all(len(pair) == 2 and pair[0].startswith("--") for pair in pairs)
-    from_args = {key[2:]: value for key, value in pairs}
+    tokens = [shlex.split(line) for line in files["llamafactory.args"].splitlines() if line.strip()]
+    assert all(len(token) == 1 and token[0].startswith("--") and "=" in token[0] for token in tokens)
+    from_args = dict(token[0][2:].split("=", 1) for token in tokens)
     expected = {k: ("true" if v is True else "false" if v is False else str(v)) for k, v in cfg.items()
                 if v is not None}
     assert from_args == expected

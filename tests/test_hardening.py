@@ -718,9 +718,6 @@ def test_data_path_of_an_unknown_user_is_field_qualified(tmp_path: Path) -> None
         build_recipe(recipe_document(Path("~no_such_user_qr/train.jsonl")), tmp_path / "r.yaml")
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="plan.py Plan.is_local: Path(path).expanduser() raises RuntimeError for '~unknownuser'; "
-                          "use PurePath(path).is_absolute() (the '~' prefix is already tested)")
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
 def test_model_path_of_an_unknown_user(tmp_path: Path, data_file: Path, engine: str) -> None:
     plan = make_plan(build_recipe(recipe_document(data_file, model={"name_or_path": "~no_such_user_qr/m"}),

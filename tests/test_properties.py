@@ -204,11 +204,10 @@ def literal(node: ast.expr) -> Any:
 
 
 def parse_args_file(text: str) -> list[tuple[str, str]]:
+    """`--key=value` tokens (shell-quoted), as argparse reads them."""
     tokens = shlex.split(text)
-    assert len(tokens) % 2 == 0, "every --key has exactly one value"
-    pairs = list(zip(tokens[::2], tokens[1::2], strict=True))
-    assert all(key.startswith("--") for key, _ in pairs)
-    return pairs
+    assert all(token.startswith("--") and "=" in token for token in tokens), "every token is --key=value"
+    return [tuple(token.split("=", 1)) for token in tokens]  # type: ignore[misc]
 
 
 def parse_all(files: dict[str, str]) -> dict[str, Any]:
@@ -256,7 +255,12 @@ def expected_at_keys(engine: str, files: dict[str, str], parsed: dict[str, Any])
         cfg = parsed["trl_config.yaml"]
         yield "model", cfg["model_name_or_path"]
         yield "output_dir", cfg["output_dir"]
-        yield "train_file", cfg["datasets"][0]["data_files"]["train"]
+        source = cfg["datasets"][0]
+        if "data_files" in source:
+            yield "train_file", source["data_files"]["train"]
+        else:  # a hub dataset, by name
+            yield "train_file", source["path"]
+            yield "split", source["split"]
     elif engine == "unsloth":
         text = files["train_unsloth.py"]
         yield "model", literal(call_keywords(text, "FastLanguageModel.from_pretrained")["model_name"])

@@ -59,8 +59,29 @@ class Engine(Protocol):
         ...
 
 
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that keeps every string exact: PyYAML writes NEL / LINE and PARAGRAPH SEPARATOR raw inside
+    plain or single-quoted scalars, where a reader folds them to spaces; double quotes escape them."""
+
+
+_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if any(c in value for c in _LINE_BREAKS) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump_yaml(value: Any) -> str:
+    """The one way values enter YAML: a safe dumper, readable unicode, exact round trip."""
+    return yaml.dump(value, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
+
+
 def _to_yaml(value: Any) -> str:
-    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000).rstrip("\n")
+    return dump_yaml(value).rstrip("\n")
 
 
 def _to_json(value: Any) -> str:

@@ -1,5 +1,5 @@
 """LLaMA-Factory 0.9.5 (transformers 5.6, peft 0.18, trl 0.24): ``llamafactory.yaml`` for
-``llamafactory-cli train``, the same arguments as ``llamafactory.args`` (one ``--key value`` per line),
+``llamafactory-cli train``, the same arguments as ``llamafactory.args`` (one ``--key=value`` per line),
 ``data/dataset_info.json`` and, for ZeRO strategies, ``deepspeed.json``.
 
 Template: ``qwen3_nothink`` is LF's plain ChatML (a plain ``Template``, not the ``ReasoningTemplate``), so
@@ -204,7 +204,8 @@ class LlamaFactoryEngine:
                                              target=plan.target, warnings=plan.warnings,
                                              **header_context(plan, self.name))}
         # CLI form: null values are left out (an argparse flag cannot carry None; null is LF's default).
-        lines = [shlex.join([f"--{key}", _arg_text(value)]) for key, value in self._flat(plan).items()
+        # --key=value: a value starting with "-" can never be taken for an option.
+        lines = [shlex.quote(f"--{key}={_arg_text(value)}") for key, value in self._flat(plan).items()
                  if value is not None]
         files[ARGS_FILE] = render_template("llamafactory/llamafactory.args.j2", lines=lines)
         local = plan.train_rows is not None

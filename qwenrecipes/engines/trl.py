@@ -124,8 +124,12 @@ def _sections(plan: Plan) -> dict[str, dict[str, Any]]:
     data_files: dict[str, str] = {"train": plan.train_file}
     if plan.eval_file is not None:
         data_files["test"] = plan.eval_file
+    if plan.train_rows is not None:
+        source: dict[str, Any] = {"path": "json", "data_files": data_files, "split": "train"}
+    else:  # a hub dataset, loaded by name (qwenrecipes could not prepare it)
+        source = {"path": plan.recipe.train.path, "split": plan.recipe.train.split}
     dataset_section = {
-        "datasets": [{"path": "json", "data_files": data_files, "split": "train"}],
+        "datasets": [source],
         "dataset_train_split": "train",
         "dataset_test_split": "test",
         "max_length": data["max_seq_length"],
@@ -289,6 +293,8 @@ class TrlEngine:
         datasets = c.get("datasets") or []
         files_spec = datasets[0].get("data_files") if datasets else None
         train_file = files_spec.get("train") if isinstance(files_spec, dict) else files_spec
+        if files_spec is None and datasets:
+            train_file = datasets[0].get("path")  # a hub dataset, by name
         eval_file = files_spec.get("test") if isinstance(files_spec, dict) else None
         if c["packing"]:
             strategy = c["packing_strategy"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.metadata
 import json
 import os
 import platform
@@ -470,6 +469,8 @@ def _stream(cmd: list[str], *, env: Mapping[str, str], stage: str, progress: Pro
 def _host_pip() -> list[str] | None:
     """``python -m pip`` of the interpreter running qwenrecipes when it can install into another
     interpreter's env (``--python``, pip >= 22.3), else None (then the env bootstraps with ensurepip)."""
+    import importlib.metadata  # here, not at import: every CLI start loads this module
+
     try:
         version = importlib.metadata.version("pip")
     except importlib.metadata.PackageNotFoundError:

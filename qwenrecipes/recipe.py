@@ -18,7 +18,6 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import jsonschema
 import yaml
 
 from qwenrecipes.errors import Problem, RecipeError
@@ -186,7 +185,7 @@ def _schema_at(schema: dict[str, Any], parts: list[Any]) -> dict[str, Any]:
     return node
 
 
-def _describe(error: jsonschema.ValidationError, schema: dict[str, Any]) -> list[tuple[str, str]]:
+def _describe(error: Any, schema: dict[str, Any]) -> list[tuple[str, str]]:
     """Turn one jsonschema error into (path, message) pairs a person can act on."""
     path = list(error.absolute_path)
     if error.validator == "additionalProperties":
@@ -258,31 +257,93 @@ def _output_dir_problems(document: dict[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
-# Draft 2020-12 counts 8.0 as an integer; engines' argparse/dataclass fields do not (`lora_r: 8.0`).
-_TYPE_CHECKER = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-    "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+def _anchored(pattern: str) -> str:
+    """`pattern` as the schema means it. Python's re.search lets `$` match before a final newline, so a name
+    or target module ending in a newline would pass; an end-of-string anchor does not."""
+    return pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith(r"\$") else pattern
 
 
-def _pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
-    """`pattern` as the schema means it. jsonschema runs Python's re.search, where `$` also matches before a
-    final newline, so a name or target module ending in a newline passed. An end-of-string anchor does not."""
-    if not validator.is_type(instance, "string"):
-        return
-    anchored = pattern[:-1] + r"\Z" if pattern.endswith("$") and not pattern.endswith(r"\$") else pattern
-    if not re.search(anchored, instance):
-        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+@lru_cache(maxsize=1)
+def _validator() -> Any:
+    """The full jsonschema validator (imported only when a recipe needs its error messages: ~0.1 s)."""
+    import jsonschema
+
+    def pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
+        if validator.is_type(instance, "string") and not re.search(_anchored(pattern), instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+    # Draft 2020-12 counts 8.0 as an integer; engines' argparse/dataclass fields do not (`lora_r: 8.0`).
+    type_checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+    extended = jsonschema.validators.extend(jsonschema.Draft202012Validator, validators={"pattern": pattern},
+                                            type_checker=type_checker)
+    return extended(recipe_schema())
 
 
-_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, validators={"pattern": _pattern},
-                                          type_checker=_TYPE_CHECKER)
+_TYPES: dict[str, Any] = {
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "null": lambda v: v is None,
+}
+_ANNOTATIONS = {"$schema", "$id", "title", "description", "default"}
+
+
+def _conforms(value: Any, node: dict[str, Any]) -> bool:
+    """A fast yes for the keywords this schema uses, so valid recipes never pay for importing jsonschema.
+    Never more lenient than the full validator: anything unexpected answers False, and the full validator
+    then decides (and words the messages)."""
+    for keyword, rule in node.items():
+        if keyword in _ANNOTATIONS:
+            continue
+        if keyword == "type":
+            ok = _TYPES[rule](value)
+        elif keyword == "enum":
+            ok = any(v == value and type(v) is type(value) for v in rule)
+        elif keyword == "oneOf":
+            ok = sum(_conforms(value, branch) for branch in rule) == 1
+        elif keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            ok = not _TYPES["number"](value) or {
+                "minimum": value >= rule, "maximum": value <= rule,
+                "exclusiveMinimum": value > rule, "exclusiveMaximum": value < rule}[keyword]
+        elif keyword == "minLength":
+            ok = not isinstance(value, str) or len(value) >= rule
+        elif keyword == "pattern":
+            ok = not isinstance(value, str) or re.search(_anchored(rule), value) is not None
+        elif keyword == "minItems":
+            ok = not isinstance(value, list) or len(value) >= rule
+        elif keyword == "uniqueItems":
+            ok = not isinstance(value, list) or not rule or (
+                all(isinstance(v, str) for v in value) and len(set(value)) == len(value))
+        elif keyword == "items":
+            ok = not isinstance(value, list) or all(_conforms(v, rule) for v in value)
+        elif keyword == "required":
+            ok = not isinstance(value, dict) or all(key in value for key in rule)
+        elif keyword == "properties":
+            ok = not isinstance(value, dict) or all(_conforms(value[k], sub) for k, sub in rule.items() if k in value)
+        elif keyword == "additionalProperties":
+            extra = [k for k in value if k not in node.get("properties", {})] if isinstance(value, dict) else []
+            ok = not extra if rule is False else all(_conforms(value[k], rule) for k in extra)
+        elif keyword == "propertyNames":
+            ok = not isinstance(value, dict) or all(_conforms(k, rule) for k in value)
+        else:
+            return False
+        if not ok:
+            return False
+    return True
 
 
 def schema_problems(document: dict[str, Any], file: str) -> list[Problem]:
     schema = recipe_schema()
-    validator = _Validator(schema)
     pairs: list[tuple[str, str]] = []
     screened = _screen_values(document, [], pairs)
     pairs.extend(_output_dir_problems(screened))
+    if not pairs and _conforms(screened, schema):
+        return []
+    validator = _validator()
     flagged = {path for path, _ in pairs}
 
     def repeats(path: str) -> bool:

@@ -50,6 +50,8 @@ def generate(run_or_dir: Path, prompt: str, system: str | None, thinking: bool, 
     """Answer PROMPT with a run's adapter (base + adapter) or a merged model folder."""
     from qwenrecipes import export
 
+    for warning in export.generation_warnings(greedy=greedy, thinking=thinking):
+        click.echo(f"warning: {warning}", err=True)
     result = export.generate(run_or_dir, prompt, system=system, thinking=thinking, seed=seed,
                              max_new_tokens=max_new_tokens, greedy=greedy)
     if as_json:

@@ -588,6 +588,15 @@ def _model_args(source: Source) -> list[str]:
     return ["--model", str(source.path), "--dtype", compute_dtype(source)]
 
 
+def generation_warnings(*, greedy: bool, thinking: bool) -> list[str]:
+    """Doctor rule: Qwen3's model card warns that greedy decoding in thinking mode degrades into endless
+    repetition; it is allowed only when asked for, and then said out loud."""
+    if greedy and thinking:
+        return ["greedy decoding in thinking mode: Qwen3 tends to repeat itself endlessly; drop --greedy "
+                "(sampling at temperature 0.7 / top_p 0.9 / top_k 50) or use --no-thinking"]
+    return []
+
+
 def generate(path: str | os.PathLike[str], prompt: str, *, system: str | None = None, thinking: bool = True,
              seed: int = 0, max_new_tokens: int = 256, greedy: bool = False) -> Generation:
     """Sample one answer from the adapter (base + adapter, unmerged) or a model folder, through the chat

@@ -362,3 +362,11 @@ def test_gguf_q4_k_m_needs_llama_cpp(tiny_run: Path) -> None:
     report = export.verify_export(result.folder)
     assert report.ok, _failed(report)
     assert "gguf_vs_merged_top1" in report.measured
+
+
+def test_greedy_thinking_is_warned() -> None:
+    """Doctor rule: greedy decoding with thinking on is named, with the fix; sampling or no-think is quiet."""
+    [warning] = export.generation_warnings(greedy=True, thinking=True)
+    assert "greedy decoding in thinking mode" in warning and "--no-thinking" in warning
+    assert export.generation_warnings(greedy=False, thinking=True) == []
+    assert export.generation_warnings(greedy=True, thinking=False) == []

@@ -133,6 +133,12 @@ def _rule_problems(recipe: Recipe, target: str, precision: str) -> list[tuple[st
         out.append(("training.warmup_ratio", "set either warmup_steps or warmup_ratio, not both (warmup_steps: null)"))
     if training["eval_steps"] and not (recipe.eval or recipe.data["val_fraction"] > 0):
         out.append(("training.eval_steps", "eval_steps needs data.eval or data.val_fraction > 0"))
+    for section, ref in (("train", recipe.train), ("eval", recipe.eval)):
+        if ref is not None and ref.local_path is None and (ref.format != "messages" or ref.fields):
+            out.append((f"data.{section}.path",
+                        f"{ref.path!r} is read as a hub dataset, which engines load by name: only the `messages` "
+                        "format with its default field names works there; download it to a local file to "
+                        "convert another format or map fields"))
     if target == "cpu":
         if method["type"] == "qlora":
             out.append(("method.type", "qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU use lora"))

@@ -196,6 +196,10 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
         if evaluation is not None:
             eval_rows = [datamod.apply_think_rule(c, recipe.model["chat_template"]) for c in evaluation]
 
+    if recipe.train.local_path is None:
+        warnings.append(f"{recipe.train.path!r} is a hub dataset, loaded by each engine by name: qwenrecipes cannot "
+                        "apply the think rule, drop over-long rows or fix the row order for it; download it to a "
+                        "local file for identical training on every engine")
     per_step = training["micro_batch_size"] * training["gradient_accumulation_steps"] * recipe.distributed["gpus"]
     max_steps = training["max_steps"]
     if train_rows is not None and per_step > len(train_rows):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenrecipes.errors import QwenRecipesError
-from qwenrecipes.runs import RunInfo, load_run, loss_curves
+from qwenrecipes.runs import RunInfo, load_run, loss_curves, save_figure
 
 DEFAULT_PLOT = "compare.png"
 
@@ -101,10 +101,7 @@ def plot_comparison(rows: Sequence[CompareRow], out: Path, *, title: str | None 
         axes.grid(alpha=0.3)
         axes.legend()
         figure.tight_layout()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        temporary = out.with_name(f".{out.name}.tmp.png")
-        figure.savefig(temporary)
-        temporary.replace(out)
+        save_figure(figure, out)
     finally:
         plt.close(figure)
     return out

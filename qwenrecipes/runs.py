@@ -99,10 +99,15 @@ def plot_loss(run: RunInfo) -> Path:
         axes.grid(alpha=0.3)
         axes.legend()
         figure.tight_layout()
-        target = run.path / LOSS_PLOT
-        temporary = target.with_name(f".{LOSS_PLOT}.tmp.png")
-        figure.savefig(temporary)
-        temporary.replace(target)
+        save_figure(figure, run.path / LOSS_PLOT)
     finally:
         plt.close(figure)
-    return target
+    return run.path / LOSS_PLOT
+
+
+def save_figure(figure: Any, target: Path) -> None:
+    """Write a matplotlib figure as PNG atomically: a reader never sees half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp.png")
+    figure.savefig(temporary)
+    temporary.replace(target)

@@ -15,6 +15,12 @@ export QWENRECIPES_HOME=/tmp/qrhome PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/qrsite \
   .gpu/qr-wheels/*.whl >/dev/null 2>&1 || { echo "pip install of qr-wheels failed"; exit 1; }
 export PYTHONPATH="$PWD:/tmp/qrsite"
+# Bundles travel xz-compressed (`qwenrecipes env bundle` writes DIR/site.tar.xz next to DIR/site, ~5x smaller:
+# several engines fit one call's 64 MiB); carry DIR/site.tar.xz and it is unpacked to DIR/site here.
+for x in .gpu/*/site.tar.xz; do
+  [ -f "$x" ] || continue; d=$(dirname "$x")
+  [ -d "$d/site" ] || tar xJf "$x" -C "$d"
+done
 for f in .gpu/data/*.jsonl.gz; do [ -f "$BENCH/data/$(basename "${f%.gz}")" ] || gunzip -c "$f" > "$BENCH/data/$(basename "${f%.gz}")"; done
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 b() {

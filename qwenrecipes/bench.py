@@ -47,6 +47,7 @@ from qwenrecipes.events import Event, read_events
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
 MEMORY_MARK = "QWENRECIPES_BENCH_MEMORY "
+PROFILE_MARK = "QWENRECIPES_BENCH_PROFILE "
 SHIM_DIR = ".bench-shim"
 BASELINE_ENGINE = "trl"
 DEFAULT_STEPS = 15
@@ -323,6 +324,80 @@ def _qwenrecipes_bench_report():
 
 
 atexit.register(_qwenrecipes_bench_report)
+
+# QWENRECIPES_BENCH_SDPA_PRIORITY=cudnn,flash,efficient,math: torch's scaled_dot_product_attention backend order
+# for the whole process (an experiment knob: engines only choose "sdpa", torch picks the kernel behind it).
+_SDPA = os.environ.get("QWENRECIPES_BENCH_SDPA_PRIORITY")
+if _SDPA:
+    try:
+        import torch as _torch
+        from torch.nn.attention import SDPBackend as _B
+
+        _names = {"cudnn": _B.CUDNN_ATTENTION, "flash": _B.FLASH_ATTENTION, "efficient": _B.EFFICIENT_ATTENTION,
+                  "math": _B.MATH}
+        _order = [_names[n.strip()] for n in _SDPA.split(",") if n.strip()]
+        _torch._C._set_sdp_priority_order([int(b) for b in _order])
+        print("QWENRECIPES_BENCH_SDPA " + ",".join(b.name for b in _order), file=sys.stderr, flush=True)
+    except Exception as _exc:
+        print("QWENRECIPES_BENCH_SDPA_FAILED " + repr(_exc), file=sys.stderr, flush=True)
+
+# QWENRECIPES_BENCH_PROFILE=FIRST:COUNT traces optimizer steps FIRST..FIRST+COUNT-1 with torch.profiler (any engine:
+# the trigger is a global optimizer-step hook) and prints GPU kernel time per step by kind: where a step goes.
+_PROFILE = os.environ.get("QWENRECIPES_BENCH_PROFILE")
+if _PROFILE:
+    try:
+        import re as _re
+        import time as _time
+
+        import torch as _torch
+        from torch.optim.optimizer import register_optimizer_step_post_hook as _post_hook
+
+        _first, _count = (int(x) for x in _PROFILE.split(":"))
+        _kinds = [("attention", r"flash|fmha|attention|sdpa|cudnn"),
+                  ("gemm", r"gemm|nvjet|cutlass|xmma|cublas|matmul|splitK|Kernel2"),
+                  ("optimizer", r"multi_tensor|adam|foreach"),
+                  ("triton", r"^triton|_kernel$|_fwd|_bwd|_forward|_backward"),
+                  ("elementwise", r"elementwise|vectorized|reduce|copy|fill|Cat|index|where|softmax|log_softmax")]
+        _prof = {"step": 0, "p": None, "t0": 0.0}
+
+        def _summarize(prof, wall):
+            total, kinds, top = 0.0, {}, []
+            for evt in prof.key_averages():
+                if str(getattr(evt, "device_type", "")).endswith("CUDA"):
+                    us = float(getattr(evt, "self_device_time_total", 0.0) or 0.0)
+                    total += us
+                    kind = next((k for k, rx in _kinds if _re.search(rx, evt.key, _re.I)), "other")
+                    kinds[kind] = kinds.get(kind, 0.0) + us
+                    top.append((us, evt.key[:90], evt.count))
+            top.sort(reverse=True)
+            ms = 1000.0 * _count
+            return {"steps": _count, "wall_ms_per_step": round(wall * 1000 / _count, 2),
+                    "kernel_ms_per_step": round(total / ms, 2),
+                    "by_kind_ms_per_step": {k: round(v / ms, 2) for k, v in sorted(kinds.items(), key=lambda x: -x[1])},
+                    "top_kernels": [[name, round(us / ms, 3), round(n / _count, 1)] for us, name, n in top[:20]]}
+
+        def _sync():
+            if _torch.cuda.is_available():
+                _torch.cuda.synchronize()
+
+        def _on_step(optimizer, args, kwargs):
+            _prof["step"] += 1
+            if _prof["step"] == _first - 1:
+                _sync()
+                p = _torch.profiler.profile(activities=[_torch.profiler.ProfilerActivity.CPU,
+                                                        _torch.profiler.ProfilerActivity.CUDA])
+                p.__enter__()
+                _prof["p"], _prof["t0"] = p, _time.perf_counter()
+            elif _prof["step"] == _first - 1 + _count and _prof["p"] is not None:
+                _sync()
+                wall = _time.perf_counter() - _prof["t0"]
+                p, _prof["p"] = _prof["p"], None
+                p.__exit__(None, None, None)
+                print("QWENRECIPES_BENCH_PROFILE " + json.dumps(_summarize(p, wall)), file=sys.stderr, flush=True)
+
+        _post_hook(_on_step)
+    except Exception as _exc:
+        print("QWENRECIPES_BENCH_PROFILE_FAILED " + repr(_exc), file=sys.stderr, flush=True)
 '''
 
 
@@ -702,11 +777,16 @@ def measure(events: list[Event], tokens_per_step: Sequence[int], supervised_per_
 
 def memory_probe(events: list[Event]) -> dict[str, Any] | None:
     """The shim's exit line (a `raw` event): torch max_allocated / max_reserved inside the engine."""
+    return shim_line(events, MEMORY_MARK)
+
+
+def shim_line(events: list[Event], mark: str) -> dict[str, Any] | None:
+    """The JSON payload of the shim's last line starting with ``mark`` (memory at exit, kernel profile)."""
     for event in reversed(events):
         message = event.get("message")
-        if isinstance(message, str) and message.startswith(MEMORY_MARK):
+        if isinstance(message, str) and message.startswith(mark):
             try:
-                value = json.loads(message[len(MEMORY_MARK):])
+                value = json.loads(message[len(mark):])
             except json.JSONDecodeError:
                 return None
             return value if isinstance(value, dict) else None
@@ -828,6 +908,10 @@ def execute_point(point: PreparedPoint, *, warmup: int, gpu: str, peak_tflops: f
         "error": error_text.strip()[-2000:] or None if status != "ok" else None,
         "loss_meaningful": not (config and "qwenrecipes_random_init" in config),
     })
+    profile = shim_line(events, PROFILE_MARK)
+    if profile:
+        # Traced steps run slower (profiler overhead): such a row's throughput is not a speed claim.
+        row["kernel_profile"] = profile
     if ceiling and gpu != "cpu" and _finite(row.get("tokens_per_s")):
         row["ceiling_fraction"] = round(row["tokens_per_s"] / ceiling, 3)
     last_step = max(cpu_at_step) if cpu_at_step else None

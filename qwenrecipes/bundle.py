@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinu
 
 # bitsandbytes ships one native library per CUDA version (~40 MB together): keep CUDA 13.0 (torch cu130) + CPU.
 _BNB_TRIM = ("bitsandbytes/libbitsandbytes_*.so", "!libbitsandbytes_cuda130.so", "!libbitsandbytes_cpu.so")
+ARCHIVE_NAME = "site.tar.xz"
 _COMMON_TRIMS = ("test", "*/tests", "*.dist-info/sboms", "*.data", "**/__pycache__")
 
 
@@ -56,24 +58,18 @@ SPECS: dict[str, BundleSpec] = {
                   "typing_extensions==4.15.0", "addict==2.4.0", "fire==0.7.1", "termcolor==3.3.0",
                   "python-dotenv==1.0.1", "posthog==6.7.11", "backoff==2.2.1", "distro==1.9.0", "fastcore==2.2.41",
                   "evaluate==0.4.1", "wandb==0.31.0", "platformdirs==4.14.8", "opentelemetry-api==1.45.2",
-                  "bitsandbytes==0.50.2", "torchao==0.17.0"),
+                  "bitsandbytes==0.50.2", "torchao==0.17.0", "liger_kernel==0.8.1"),
         sdists=("axolotl-contribs-lgpl==0.0.7",),
         trims=("wandb/bin", "torchao/_C*.so", "torchao/_models", "torchao/csrc", "transformers/models/**/modular_*.py"),
-        keep_models=("auto", "bert", "bloom", "encoder_decoder", "gemma4", "internvl", "smolvlm", "speecht5",
-                     "voxtral", "qwen3", "qwen3_moe", "qwen2", "llama", "mistral"),
-        notes="accelerate, huggingface_hub, tokenizers, torch, triton from the host",
+        notes="accelerate, huggingface_hub, tokenizers, torch, triton from the host; transformers whole (Liger)",
     ),
     "llamafactory": BundleSpec(
         packages=("llamafactory==0.9.5", "transformers==5.6.0", "tokenizers==0.22.2", "peft==0.18.1",
                   "accelerate==1.11.0", "trl==0.24.0", "datasets==4.0.0", "dill==0.3.8", "multiprocess==0.70.16",
-                  "fsspec==2025.3.0", "omegaconf==2.4.0", "bitsandbytes==0.50.2"),
+                  "fsspec==2025.3.0", "omegaconf==2.4.0", "bitsandbytes==0.50.2",
+                  "liger_kernel==0.8.5"),
         trims=("llamafactory/webui", "transformers/models/**/modular_*.py"),
-        keep_modeling=("auto", "bert", "bloom", "mllama", "qwen3", "qwen3_moe", "qwen3_omni_moe", "qwen3_5",
-                       "qwen3_5_moe", "qwen3_next", "qwen2", "qwen2_moe", "qwen2_vl", "qwen2_5_vl", "qwen3_vl",
-                       "qwen3_vl_moe", "llama", "llama4", "mistral", "mixtral", "gemma", "gemma2", "gemma3", "phi3",
-                       "phimoe", "glm4", "glm4_moe", "glm4_moe_lite", "deepseek_v3", "olmoe", "gpt_oss", "jamba",
-                       "jetmoe", "granitemoe", "dbrx", "ernie4_5_moe"),
-        notes="LLaMA-Factory checks the configuration of every model in its mappings: only modeling files go",
+        notes="transformers travels whole: Liger imports ~20 model families' modeling files at import",
     ),
     "unsloth": BundleSpec(
         packages=("unsloth==2026.10.9", "unsloth_zoo==2026.10.9", "trl==1.15.0", "datasets==4.8.5", "dill==0.4.1",
@@ -223,11 +219,19 @@ def build_bundle(engine: str, python_version: str, platforms: Sequence[str] | No
             if library.name not in ("libbitsandbytes_cuda130.so", "libbitsandbytes_cpu.so"):
                 library.unlink()
     size = _size_mib(site)
+    # What travels is the xz archive (a site folder compresses ~5x): benchmarks/gpu_run.sh unpacks it on the host.
+    report("compressing site.tar.xz")
+    archive_path = out_dir / ARCHIVE_NAME
+    with tarfile.open(archive_path, "w:xz") as archive:
+        archive.add(site, arcname="site")
+    archive_mib = archive_path.stat().st_size / 2**20
     (out_dir / "MANIFEST.txt").write_text(
         f"Offline site-packages for CPython {python_version} ({', '.join(platforms or DEFAULT_PLATFORMS[:1])}), "
         f"engine {engine}: PYTHONPATH={site}\nBundled: {' '.join(wanted)}\nFrom the host (same version): "
-        f"{' '.join(skipped) or '-'}\nNotes: {spec.notes}\nSize: {size:.1f} MiB\n", encoding="utf-8")
-    if size > max_mib:
-        raise QwenRecipesError(f"the {engine} bundle is {size:.1f} MiB, over --max-mib {max_mib:g}: trim more "
-                               "(or raise the limit if the host call can carry it)")
+        f"{' '.join(skipped) or '-'}\nNotes: {spec.notes}\n"
+        f"Size: {size:.1f} MiB ({ARCHIVE_NAME}: {archive_mib:.1f} MiB)\n",
+        encoding="utf-8")
+    if archive_mib > max_mib:
+        raise QwenRecipesError(f"the {engine} bundle's {ARCHIVE_NAME} is {archive_mib:.1f} MiB, over --max-mib "
+                               f"{max_mib:g}: trim more (or raise the limit if the host call can carry it)")
     return BundleResult(site=site, size_mib=size, packages=wanted, skipped=skipped)

@@ -93,6 +93,17 @@ def test_measure_window_and_percentiles() -> None:
     assert status == "failed" and "ceiling" in reasons[0]
 
 
+def test_measure_with_sparse_logging() -> None:
+    """logging_steps 5 (no per-step loss sync): unlogged steps still count their tokens, intervals their time."""
+    events = [{"type": "train", "step": s, "t": 100.0 + s * 0.4, "loss": 2.0, "grad_norm": 1.0}
+              for s in range(5, 26, 5)]
+    metrics = measure(events, [1000] * 25, [900] * 25, warmup=5)
+    assert metrics["steps_measured"] == "6..25"
+    assert metrics["tokens_per_s"] == pytest.approx(20_000 / 8.0)
+    assert metrics["step_time_p50"] == pytest.approx(0.4)
+    assert metrics["tokens_per_step"] == pytest.approx(1000)
+
+
 def test_fake_engine_end_to_end(tmp_path: Path) -> None:
     rows = [execute_point(_fake_point(tmp_path, mode), warmup=2, gpu="cpu")
             for mode in ("ok", "nan", "zero-grad", "oom")]

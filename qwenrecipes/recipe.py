@@ -436,6 +436,10 @@ class Recipe:
         return self.raw["distributed"]
 
     @property
+    def hardware(self) -> dict[str, Any]:
+        return self.raw["hardware"]
+
+    @property
     def uses_adapter(self) -> bool:
         return self.method["type"] in ("lora", "qlora")
 

@@ -129,7 +129,7 @@ def read_model_config(model_path: str) -> dict[str, Any] | None:
     try:
         path = Path(model_path).expanduser() / "config.json"
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: `~someone` for a user this machine does not know
         return None
     return value if isinstance(value, dict) else None
 

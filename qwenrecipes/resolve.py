@@ -131,9 +131,14 @@ def resolve_for_engine(plan: Plan, engine: str) -> Plan:
             peak = without
         record.update({"estimated_peak_gib": round(peak, 1), "limit_gib": round(memory.gib_of_gb(gb), 1),
                        "fits": memory.fits(peak, gb)})
+        kept = f"{micro} x {accumulation} as in the recipe: {peak:.1f} GiB estimated for {limit}"
+        why.setdefault("micro_batch_size", kept)
+        why.setdefault("gradient_accumulation_steps", kept)
     chosen = {"gradient_checkpointing": bool(checkpointing), "liger_kernel": liger, "micro_batch_size": micro,
               "gradient_accumulation_steps": accumulation}
     why.setdefault("gradient_checkpointing", f"gradient_checkpointing: {str(checkpointing).lower()} in the recipe")
+    why.setdefault("micro_batch_size", f"{micro} x {accumulation} as in the recipe")
+    why.setdefault("gradient_accumulation_steps", f"{micro} x {accumulation} as in the recipe")
     record.update(chosen)
     record["why"] = why
     raw = copy.deepcopy(plan.recipe.raw)

@@ -82,7 +82,8 @@ class ModelDims:
 
     @property
     def layer_matmul_params(self) -> int:
-        return self.hidden * (self.q_dim + 2 * self.kv_dim) + self.q_dim * self.hidden + 3 * self.hidden * self.intermediate
+        attention = self.hidden * (self.q_dim + 2 * self.kv_dim) + self.q_dim * self.hidden
+        return attention + 3 * self.hidden * self.intermediate
 
     @property
     def matmul_params(self) -> int:

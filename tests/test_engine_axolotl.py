@@ -15,7 +15,7 @@ from qwenrecipes.engines.axolotl import ENGINE, LORA_KERNELS
 from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
 from qwenrecipes.plan import Plan, make_plan, plan_recipe
 from qwenrecipes.recipe import ALL_LINEAR, build_recipe, load_recipe_document
-from tests.conftest import render_resolved, RECIPES
+from tests.conftest import RECIPES, render_resolved
 
 TINY = RECIPES / "tiny-cpu.yaml"
 

@@ -14,7 +14,7 @@ from qwenrecipes.concepts import CONCEPTS, LOSS_MASK_ALL, THINK_INLINE, TRUNCATI
 from qwenrecipes.engines.llamafactory import ENGINE, LOSS_MASK_LF
 from qwenrecipes.plan import Plan, make_plan, plan_recipe
 from qwenrecipes.recipe import ALL_LINEAR, build_recipe, load_recipe_document
-from tests.conftest import render_resolved, RECIPES
+from tests.conftest import RECIPES, render_resolved
 
 TINY = RECIPES / "tiny-cpu.yaml"
 

@@ -43,6 +43,7 @@ import yaml
 
 from qwenrecipes.errors import QwenRecipesError
 from qwenrecipes.events import Event, read_events
+from qwenrecipes.memory import ModelDims, read_model_config
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
@@ -103,39 +104,6 @@ def apply_overrides(document: dict[str, Any], overrides: dict[str, Any]) -> dict
 # --------------------------------------------------------------------------------------------- model
 
 
-@dataclass(frozen=True)
-class ModelDims:
-    """What the FLOP ceiling needs; read from a Qwen3 config.json."""
-
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ModelDims:
-        heads = int(config["num_attention_heads"])
-        return cls(hidden=int(config["hidden_size"]), intermediate=int(config["intermediate_size"]),
-                   layers=int(config["num_hidden_layers"]), heads=heads,
-                   kv_heads=int(config.get("num_key_value_heads") or heads),
-                   head_dim=int(config.get("head_dim") or int(config["hidden_size"]) // heads),
-                   vocab=int(config["vocab_size"]))
-
-    @property
-    def layer_matmul_params(self) -> int:
-        q = self.heads * self.head_dim
-        kv = self.kv_heads * self.head_dim
-        return self.hidden * (q + 2 * kv) + q * self.hidden + 3 * self.hidden * self.intermediate
-
-    @property
-    def matmul_params(self) -> int:
-        # lm_head is a matmul whether or not it is tied to the embedding; the embedding lookup is not.
-        return self.layers * self.layer_matmul_params + self.vocab * self.hidden
-
-
 def flops_per_token(dims: ModelDims, seq_len: int, method: str, gradient_checkpointing: bool) -> float:
     """Training FLOPs per token: 2 per weight forward, 2 more for activation grads, 2 more for weight grads
     (full fine-tuning only: LoRA's frozen base needs none, its adapters are ~0.5% extra), and one more layer
@@ -154,15 +122,6 @@ def flops_per_token(dims: ModelDims, seq_len: int, method: str, gradient_checkpo
 def ceiling_tokens_per_s(dims: ModelDims, seq_len: int, method: str, gradient_checkpointing: bool,
                          peak_tflops: float = DEFAULT_PEAK_TFLOPS) -> float:
     return peak_tflops * 1e12 / flops_per_token(dims, seq_len, method, gradient_checkpointing)
-
-
-def read_model_config(model_path: str) -> dict[str, Any] | None:
-    path = Path(model_path).expanduser() / "config.json"
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def model_label(config: dict[str, Any] | None, fallback: str) -> str:
@@ -638,6 +597,7 @@ def prepare_point(recipe_path: Path, engine: str, label: str, out_dir: Path, *, 
     from qwenrecipes.plan import make_plan
     from qwenrecipes.recipe import build_recipe, load_recipe_document
     from qwenrecipes.render import render_plan, write_rendered
+    from qwenrecipes.resolve import resolve_for_engine
 
     run_dir = out_dir / "runs" / f"{engine}-{label}"
     if run_dir.exists():
@@ -651,7 +611,12 @@ def prepare_point(recipe_path: Path, engine: str, label: str, out_dir: Path, *, 
     recipe = build_recipe(document, recipe_path.resolve())
     plan = make_plan(recipe, target=target)
     config = read_model_config(plan.model_path)
-    training = recipe.training
+    # The settings this engine really gets (auto checkpointing/Liger, a micro-batch split to fit the GPU).
+    try:
+        resolved = resolve_for_engine(plan, engine)
+    except QwenRecipesError:
+        resolved = plan  # render_plan below raises the same error, recorded on the row
+    training = resolved.recipe.training
     info = {
         "model": model_label(config, plan.model_path),
         "model_path": plan.model_path,
@@ -659,15 +624,16 @@ def prepare_point(recipe_path: Path, engine: str, label: str, out_dir: Path, *, 
         "seq_len": recipe.data["max_seq_length"],
         "micro_batch": training["micro_batch_size"],
         "grad_accum": training["gradient_accumulation_steps"],
-        "gradient_checkpointing": bool(training["gradient_checkpointing"]),
+        "gradient_checkpointing": training["gradient_checkpointing"] is True,
         "precision": plan.precision,
         "attn": recipe.model["attn"],
-        "liger_kernel": bool(training["liger_kernel"]),
+        "liger_kernel": training["liger_kernel"] is True,
         "packing": bool(recipe.data["packing"]),
         "lora_r": recipe.lora["r"] if recipe.uses_adapter else None,
         "optimizer": training["optimizer"],
         "overrides": overrides,
         "recipe": str(recipe_path),
+        "memory": resolved.memory,
     }
     per_step = plan.effective_batch
     stream = plan.train_stream or []

@@ -68,12 +68,24 @@ def recipes() -> None:
               help="With --native: the engine whose own validator checks the rendered config.")
 @click.option("--native", is_flag=True, help="Also ask the engine itself (inside its env) to accept the config.")
 def validate(recipe: Path, target: str, engine: str | None, native: bool) -> None:
-    """Check a recipe: schema, cross-field rules and data. Reports every problem at once."""
+    """Check a recipe: schema, cross-field rules, data, and each engine's memory fit. Reports every problem at once."""
     from qwenrecipes.plan import plan_recipe
+    from qwenrecipes.resolve import memory_lines, resolve_engines
 
     plan = plan_recipe(recipe, target=_target(target))
     for warning in plan.warnings:
         click.echo(f"warning: {recipe}: {warning}", err=True)
+    resolved = resolve_engines(plan, [engine] if engine else ENGINE_NAMES)
+    errors = [r for r in resolved.values() if isinstance(r, RecipeError)]
+    failed = [problem for error in errors for problem in error.problems]
+    if errors and len(errors) == len(resolved):
+        raise RecipeError(failed)
+    for problem in failed:
+        click.echo(f"warning: {problem}", err=True)
+    for name, result in resolved.items():
+        if not isinstance(result, RecipeError):
+            for warning in result.warnings[len(plan.warnings):]:
+                click.echo(f"warning: {recipe}: {name}: {warning}", err=True)
     if native:
         if engine is None:
             raise click.UsageError("--native needs --engine")
@@ -83,6 +95,8 @@ def validate(recipe: Path, target: str, engine: str | None, native: bool) -> Non
     summary = plan.summary()
     click.echo(f"{recipe}: ok ({summary['train_rows']} training rows, {summary['max_steps']} optimizer steps, "
                f"effective batch {summary['effective_batch']}, {summary['precision']} on {summary['target']})")
+    for line in memory_lines(resolved):
+        click.echo(f"  {line}")
 
 
 @cli.command()
@@ -102,7 +116,7 @@ def render(recipe: Path, engine: str, out_dir: Path | None, target: str) -> None
         click.echo(rendered.files[get_engine(engine).main_file], nl=False)
         return
     write_rendered(plan, rendered, out_dir)
-    for warning in plan.warnings:
+    for warning in rendered.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {out_dir}/ ({len(rendered.files)} files + data)")
     click.echo(f"run it:  cd {out_dir} && {rendered.command_line}")

@@ -10,6 +10,7 @@ from typing import Any
 from qwenrecipes.concepts import CONCEPTS
 from qwenrecipes.plan import Plan
 from qwenrecipes.render import get_engine, render_plan
+from qwenrecipes.resolve import resolve_for_engine
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,12 @@ def explain_plan(plan: Plan, engines: list[str]) -> list[ExplainRow]:
     notes: dict[str, dict[str, str]] = {}
     for name in engines:
         engine = get_engine(name)
-        effective[name] = engine.effective(render_plan(plan, name).files)
+        resolved = resolve_for_engine(plan, name)
+        effective[name] = engine.effective(render_plan(resolved, name).files)
         notes[name] = dict(getattr(engine, "notes", {}) or {})
+        # The memory decisions (checkpointing, Liger, micro-batch) differ per engine by design: say why.
+        for concept, reason in ((resolved.memory or {}).get("why") or {}).items():
+            notes[name][concept] = f"{notes[name][concept]}; {reason}" if concept in notes[name] else reason
     rows = []
     for concept, label in CONCEPTS.items():
         values = {name: effective[name].get(concept) for name in engines}

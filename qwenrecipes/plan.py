@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenrecipes import data as datamod
+from qwenrecipes import memory
 from qwenrecipes.errors import Problem, RecipeError
 from qwenrecipes.recipe import Recipe, load_recipe
 
@@ -39,6 +40,10 @@ class Plan:
     max_steps: int | None  # None only when packing (or hub data) lets the engine decide the row count
     warmup_steps: int
     warnings: list[str] = field(default_factory=list)
+    gpu_memory_gb: float | None = None  # one GPU's memory (CUDA target): declared, detected or assumed
+    gpu_memory_source: str = "none"  # "declared" | "detected" | "assumed" | "none" (CPU)
+    engine: str | None = None  # set once resolve.resolve_for_engine made the training values concrete
+    memory: dict[str, Any] | None = None  # that resolution's decisions and their reasons
 
     @property
     def effective_batch(self) -> int:
@@ -95,6 +100,8 @@ class Plan:
             "effective_batch": self.effective_batch,
             "max_steps": self.max_steps,
             "warmup_steps": self.warmup_steps,
+            "memory": self.memory if self.memory is not None else {
+                "gpu_memory_gb": self.gpu_memory_gb, "gpu_memory_source": self.gpu_memory_source},
         }
 
 
@@ -126,7 +133,7 @@ def _rule_problems(recipe: Recipe, target: str, precision: str) -> list[tuple[st
         out.append(("distributed.zero_offload", "zero_offload needs a deepspeed_* strategy"))
     if distributed["gpus"] > 1 and distributed["strategy"] == "none":
         out.append(("distributed.strategy", "several GPUs need a strategy: ddp, deepspeed_zero2 or fsdp"))
-    if training["liger_kernel"] and method["type"] == "qlora":
+    if training["liger_kernel"] is True and method["type"] == "qlora":
         out.append(("training.liger_kernel",
                     "Liger kernels with QLoRA fail on 4-bit weights in several engines: set liger_kernel: false"))
     if training.get("warmup_ratio") is not None and training.get("warmup_steps") not in (None, 0):
@@ -149,7 +156,24 @@ def _rule_problems(recipe: Recipe, target: str, precision: str) -> list[tuple[st
             out.append(("training.precision", f"{precision} training needs a GPU; on CPU use fp32 (or auto)"))
         if recipe.model["attn"] == "flash_attention_2":
             out.append(("model.attn", "flash_attention_2 needs a CUDA GPU; on CPU use sdpa"))
+        if training["liger_kernel"] is True:
+            out.append(("training.liger_kernel", "Liger kernels are Triton (CUDA) code; on CPU use false or auto"))
     return out
+
+
+def _gpu_memory(recipe: Recipe, target: str) -> tuple[float | None, str, list[str]]:
+    """(GB, source, warnings): the recipe's hardware.gpu_memory_gb, else nvidia-smi's, else the assumed 24 GB."""
+    if target != "cuda":
+        return None, "none", []
+    declared = recipe.hardware["gpu_memory_gb"]
+    if declared is not None:
+        return float(declared), "declared", []
+    detected = memory.detect_gpu_memory_gb()
+    if detected is not None:
+        return detected, "detected", []
+    assumed = memory.ASSUMED_GPU_MEMORY_GB
+    return assumed, "assumed", [f"GPU memory unknown (no hardware.gpu_memory_gb, nvidia-smi did not answer): "
+                                f"assuming {assumed:g} GB; set hardware.gpu_memory_gb for your card"]
 
 
 def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
@@ -164,7 +188,7 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
     if model_dtype == "auto":
         model_dtype = PRECISION_DTYPE[precision]
     pairs = _rule_problems(recipe, target, precision)
-    warnings: list[str] = []
+    gpu_memory_gb, gpu_memory_source, warnings = _gpu_memory(recipe, target)
 
     train_rows = eval_rows = None
     dropped = 0
@@ -228,7 +252,7 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
     return Plan(recipe=recipe, target=target, precision=precision, model_dtype=model_dtype,
                 model_path=_resolve_model_path(recipe.model["name_or_path"]), train_rows=train_rows,
                 eval_rows=eval_rows or None, dropped_rows=dropped, max_steps=max_steps, warmup_steps=warmup,
-                warnings=warnings)
+                warnings=warnings, gpu_memory_gb=gpu_memory_gb, gpu_memory_source=gpu_memory_source)
 
 
 def plan_recipe(path: str | Path, *, target: str | None = None) -> Plan:

@@ -203,7 +203,10 @@ def _describe(error: Any, schema: dict[str, Any]) -> list[tuple[str, str]]:
         return [(_json_path(path) or "(top)", error.message.replace("is a required property", "is required"))]
     if error.validator == "oneOf":
         # Report the most specific branch (the one of the right type), not "is not valid under any".
-        branches = [e for e in (error.context or []) if e.validator != "type"]
+        # A branch whose type does not match says nothing useful (1 against {type: string, enum: [auto]}).
+        mistyped = {e.schema_path[0] for e in (error.context or []) if e.validator == "type" and e.schema_path}
+        branches = [e for e in (error.context or []) if e.validator != "type"
+                    and (not e.schema_path or e.schema_path[0] not in mistyped)]
         if branches:
             return _describe(min(branches, key=lambda e: len(list(e.schema_path))), schema)
         types = [s.get("type") for s in error.validator_value]
@@ -434,6 +437,10 @@ class Recipe:
     @property
     def distributed(self) -> dict[str, Any]:
         return self.raw["distributed"]
+
+    @property
+    def hardware(self) -> dict[str, Any]:
+        return self.raw["hardware"]
 
     @property
     def uses_adapter(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qwenrecipes.data import write_jsonl
@@ -13,6 +13,7 @@ from qwenrecipes.engines import ENGINES
 from qwenrecipes.engines.base import Engine, dump_yaml
 from qwenrecipes.errors import QwenRecipesError
 from qwenrecipes.plan import EVAL_FILE, TRAIN_FILE, Plan
+from qwenrecipes.resolve import resolve_for_engine
 
 RESOLVED_RECIPE = "recipe.resolved.yaml"
 COMMAND_FILE = "COMMAND"
@@ -32,6 +33,7 @@ class Rendered:
     files: dict[str, str]  # relative path -> text (data files not included)
     argv: list[str]
     environment: dict[str, str]
+    warnings: list[str] = field(default_factory=list)  # the plan's, plus this engine's memory decisions
 
     @property
     def command_line(self) -> str:
@@ -48,9 +50,12 @@ def resolved_recipe_text(plan: Plan) -> str:
 
 
 def render_plan(plan: Plan, engine_name: str) -> Rendered:
+    """Every path (render, run, bench, check, explain) comes here: the memory-dependent settings are resolved
+    for this engine first (resolve.resolve_for_engine), so engines only read concrete values."""
     engine = get_engine(engine_name)
+    plan = resolve_for_engine(plan, engine_name)
     files = dict(engine.render(plan))
-    rendered = Rendered(engine_name, files, engine.command(plan), engine.environment(plan))
+    rendered = Rendered(engine_name, files, engine.command(plan), engine.environment(plan), list(plan.warnings))
     files[RESOLVED_RECIPE] = resolved_recipe_text(plan)
     files[COMMAND_FILE] = f"cd \"$(dirname \"$0\")\" 2>/dev/null || true\n{rendered.command_line}\n"
     files["plan.json"] = json.dumps({"engine": engine_name, **plan.summary()}, indent=2) + "\n"

@@ -268,7 +268,7 @@ def prepare_run(recipe_path: str | Path, engine: str, *, run_dir: Path | None = 
         output_dir=output_dir, logging_steps=int(plan.recipe.training["logging_steps"] or 1),
         total_steps=plan.max_steps, recipe_name=plan.recipe.name, recipe_hash=digest,
         versions=dict(engine_env.versions), resume_from=resume_from, start_step=start_step,
-        stall_timeout=stall_timeout, traceback_timeout=traceback_timeout, grace=grace, warnings=list(plan.warnings))
+        stall_timeout=stall_timeout, traceback_timeout=traceback_timeout, grace=grace, warnings=list(rendered.warnings))
 
 
 def _truncate_events_after(run_dir: Path, step: int) -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+from qwenrecipes.plan import Plan
+from qwenrecipes.resolve import resolve_for_engine
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
@@ -15,3 +19,9 @@ def target_for(recipe: Path) -> str:
     """Example recipes are resolved for the hardware they are written for, so goldens don't depend on
     the machine the tests run on."""
     return "cpu" if "cpu" in recipe.stem else "cuda"
+
+
+def render_resolved(engine: Any, plan: Plan) -> dict[str, str]:
+    """An engine module's files for a plan, after the per-engine resolution every real path does first
+    (render.render_plan): engines only read concrete checkpointing / Liger / micro-batch values."""
+    return engine.render(resolve_for_engine(plan, engine.name))

@@ -15,7 +15,7 @@ from qwenrecipes.engines.axolotl import ENGINE, LORA_KERNELS
 from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
 from qwenrecipes.plan import Plan, make_plan, plan_recipe
 from qwenrecipes.recipe import ALL_LINEAR, build_recipe, load_recipe_document
-from tests.conftest import RECIPES
+from tests.conftest import RECIPES, render_resolved
 
 TINY = RECIPES / "tiny-cpu.yaml"
 
@@ -48,7 +48,7 @@ def qlora_plan() -> Plan:
 
 
 def _cfg(plan: Plan) -> dict[str, Any]:
-    return yaml.safe_load(ENGINE.render(plan)["axolotl.yaml"])
+    return yaml.safe_load(render_resolved(ENGINE, plan)["axolotl.yaml"])
 
 
 def test_cpu_lora_every_knob_explicit(cpu_plan: Plan) -> None:
@@ -122,7 +122,7 @@ def test_qlora_cuda(qlora_plan: Plan) -> None:
 def test_deepspeed_and_multi_gpu() -> None:
     plan = _plan_from({"distributed": {"gpus": 2, "strategy": "deepspeed_zero2", "zero_offload": True},
                        "training": {"precision": "bf16"}})
-    files = ENGINE.render(plan)
+    files = render_resolved(ENGINE, plan)
     cfg = yaml.safe_load(files["axolotl.yaml"])
     assert cfg["deepspeed"] == "deepspeed.json"
     ds = json.loads(files["deepspeed.json"])
@@ -136,7 +136,7 @@ def test_deepspeed_and_multi_gpu() -> None:
 
 
 def test_effective_matches_plan(cpu_plan: Plan) -> None:
-    effective = ENGINE.effective(ENGINE.render(cpu_plan))
+    effective = ENGINE.effective(render_resolved(ENGINE, cpu_plan))
     assert set(effective) == set(CONCEPTS)
     training = cpu_plan.recipe.training
     assert effective["model"] == cpu_plan.model_path
@@ -159,7 +159,7 @@ def test_effective_matches_plan(cpu_plan: Plan) -> None:
 
 
 def test_effective_reports_residuals(qlora_plan: Plan) -> None:
-    effective = ENGINE.effective(ENGINE.render(qlora_plan))
+    effective = ENGINE.effective(render_resolved(ENGINE, qlora_plan))
     assert effective["warmup_steps"] == 2  # Axolotl bumps 1 to 2
     assert effective["quantization"] == {"bits": 4, "quant_type": "fp4", "double_quant": False,
                                          "compute_dtype": "float16"}

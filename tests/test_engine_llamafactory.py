@@ -14,7 +14,7 @@ from qwenrecipes.concepts import CONCEPTS, LOSS_MASK_ALL, THINK_INLINE, TRUNCATI
 from qwenrecipes.engines.llamafactory import ENGINE, LOSS_MASK_LF
 from qwenrecipes.plan import Plan, make_plan, plan_recipe
 from qwenrecipes.recipe import ALL_LINEAR, build_recipe, load_recipe_document
-from tests.conftest import RECIPES
+from tests.conftest import RECIPES, render_resolved
 
 TINY = RECIPES / "tiny-cpu.yaml"
 
@@ -47,7 +47,7 @@ def qlora_plan() -> Plan:
 
 
 def _cfg(plan: Plan) -> dict[str, Any]:
-    return yaml.safe_load(ENGINE.render(plan)["llamafactory.yaml"])
+    return yaml.safe_load(render_resolved(ENGINE, plan)["llamafactory.yaml"])
 
 
 def test_cpu_lora_every_knob_explicit(cpu_plan: Plan) -> None:
@@ -78,7 +78,7 @@ def test_cpu_lora_every_knob_explicit(cpu_plan: Plan) -> None:
 
 
 def test_dataset_info(cpu_plan: Plan) -> None:
-    files = ENGINE.render(cpu_plan)
+    files = render_resolved(ENGINE, cpu_plan)
     cfg = yaml.safe_load(files["llamafactory.yaml"])
     info = json.loads(files["data/dataset_info.json"])
     entry = info[cfg["dataset"]]
@@ -92,7 +92,7 @@ def test_dataset_info(cpu_plan: Plan) -> None:
 def test_args_round_trip(which: str, cpu_plan: Plan, qlora_plan: Plan) -> None:
     """llamafactory.args is the YAML as `--key=value` lines; shlex.split gives back the exact values."""
     plan = cpu_plan if which == "cpu" else qlora_plan
-    files = ENGINE.render(plan)
+    files = render_resolved(ENGINE, plan)
     cfg = yaml.safe_load(files["llamafactory.yaml"])
     tokens = [shlex.split(line) for line in files["llamafactory.args"].splitlines() if line.strip()]
     assert all(len(token) == 1 and token[0].startswith("--") and "=" in token[0] for token in tokens)
@@ -103,7 +103,7 @@ def test_args_round_trip(which: str, cpu_plan: Plan, qlora_plan: Plan) -> None:
 
 
 def test_qlora_cuda(qlora_plan: Plan) -> None:
-    files = ENGINE.render(qlora_plan)
+    files = render_resolved(ENGINE, qlora_plan)
     cfg = yaml.safe_load(files["llamafactory.yaml"])
     assert cfg["quantization_bit"] == 4 and cfg["quantization_method"] == "bnb"
     assert cfg["quantization_type"] == "nf4" and cfg["double_quantization"] is True
@@ -124,7 +124,7 @@ def test_qlora_cuda(qlora_plan: Plan) -> None:
 
 
 def test_effective_matches_plan(cpu_plan: Plan) -> None:
-    effective = ENGINE.effective(ENGINE.render(cpu_plan))
+    effective = ENGINE.effective(render_resolved(ENGINE, cpu_plan))
     assert set(effective) == set(CONCEPTS)
     assert effective["model"] == cpu_plan.model_path
     assert effective["model_dtype"] == "float32" and effective["precision"] == "fp32"
@@ -144,7 +144,7 @@ def test_effective_matches_plan(cpu_plan: Plan) -> None:
 
 
 def test_effective_qlora_distributed(qlora_plan: Plan) -> None:
-    files = ENGINE.render(qlora_plan)
+    files = render_resolved(ENGINE, qlora_plan)
     env = " ".join(f"{k}={v}" for k, v in ENGINE.environment(qlora_plan).items())
     effective = ENGINE.effective({**files, "COMMAND": f"{env} {shlex.join(ENGINE.command(qlora_plan))}"})
     assert effective["method"] == "qlora"
@@ -176,6 +176,6 @@ def test_full_finetune_train_on_all() -> None:
     cfg = _cfg(plan)
     assert cfg["finetuning_type"] == "full" and "lora_rank" not in cfg
     assert cfg["train_on_prompt"] is True
-    effective = ENGINE.effective(ENGINE.render(plan))
+    effective = ENGINE.effective(render_resolved(ENGINE, plan))
     assert effective["method"] == "full" and effective["lora_r"] is None
     assert effective["loss_mask"] == LOSS_MASK_ALL

@@ -14,6 +14,7 @@ from qwenrecipes.engines.base import CHATML_TEMPLATE
 from qwenrecipes.engines.trl import ENGINE
 from qwenrecipes.plan import Plan, make_plan, plan_recipe
 from qwenrecipes.recipe import build_recipe, load_recipe_document
+from tests.conftest import render_resolved
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "recipes" / "tiny-cpu.yaml"
@@ -53,11 +54,11 @@ def cpu_plan() -> Plan:
 
 
 def config_of(plan: Plan) -> dict[str, Any]:
-    return yaml.safe_load(ENGINE.render(plan)["trl_config.yaml"])
+    return yaml.safe_load(render_resolved(ENGINE, plan)["trl_config.yaml"])
 
 
 def test_cpu_render_values(cpu_plan: Plan) -> None:
-    files = ENGINE.render(cpu_plan)
+    files = render_resolved(ENGINE, cpu_plan)
     assert set(files) == {"trl_config.yaml", "train_trl.py", "chat_template.jinja"}
     c = yaml.safe_load(files["trl_config.yaml"])
     assert set(c) <= KNOWN_KEYS
@@ -82,11 +83,11 @@ def test_cpu_render_values(cpu_plan: Plan) -> None:
 
 
 def test_launcher_has_no_recipe_values(cpu_plan: Plan) -> None:
-    launcher = ENGINE.render(cpu_plan)["train_trl.py"]
+    launcher = render_resolved(ENGINE, cpu_plan)["train_trl.py"]
     compile(launcher, "train_trl.py", "exec")
     assert cpu_plan.model_path not in launcher
     assert "resume_from_checkpoint=options.resume" in launcher
-    other = ENGINE.render(cuda_plan(method={"type": "qlora"}))["train_trl.py"]
+    other = render_resolved(ENGINE, cuda_plan(method={"type": "qlora"}))["train_trl.py"]
     assert launcher.splitlines()[1:] == other.splitlines()[1:]  # only the header line names the recipe
 
 
@@ -98,7 +99,7 @@ def test_command_and_environment(cpu_plan: Plan) -> None:
 
 
 def test_effective_cpu(cpu_plan: Plan) -> None:
-    eff = ENGINE.effective(ENGINE.render(cpu_plan))
+    eff = ENGINE.effective(render_resolved(ENGINE, cpu_plan))
     assert set(eff) == set(CONCEPTS)
     assert eff["loss_mask"] == LOSS_MASK_ASSISTANT and eff["think_handling"] == THINK_INLINE
     assert eff["truncation"] == TRUNCATION_NONE
@@ -114,7 +115,7 @@ def test_lora_cuda() -> None:
     assert c["optim"] == "adamw_8bit" and c["gradient_checkpointing"] is True
     assert c["gradient_checkpointing_kwargs"] == {"use_reentrant": False}
     assert c["use_liger_kernel"] is True and c["loss_type"] == "nll"  # chunked_nll refuses Liger
-    eff = ENGINE.effective(ENGINE.render(plan))
+    eff = ENGINE.effective(render_resolved(ENGINE, plan))
     assert eff["precision"] == "bf16" and eff["liger_kernel"] is True
 
 
@@ -124,7 +125,7 @@ def test_qlora_cuda() -> None:
     c = config_of(plan)
     assert c["load_in_4bit"] is True and c["bnb_4bit_quant_type"] == "nf4"
     assert c["use_bnb_nested_quant"] is True  # TRL's default is False
-    eff = ENGINE.effective(ENGINE.render(plan))
+    eff = ENGINE.effective(render_resolved(ENGINE, plan))
     assert eff["method"] == "qlora"
     assert eff["quantization"] == {"bits": 4, "quant_type": "nf4", "double_quant": True,
                                     "compute_dtype": "bfloat16"}
@@ -138,7 +139,7 @@ def test_train_on_all_and_packing_and_eval() -> None:
     assert c["datasets"][0]["data_files"] == {"train": "data/train.jsonl", "test": "data/eval.jsonl"}
     assert c["eval_strategy"] == "steps" and c["eval_steps"] == 5
     assert c["max_steps"] == -1 and c["num_train_epochs"] == 2.0
-    eff = ENGINE.effective(ENGINE.render(plan))
+    eff = ENGINE.effective(render_resolved(ENGINE, plan))
     assert eff["loss_mask"] == LOSS_MASK_ALL and eff["eval_file"] == "data/eval.jsonl"
     assert eff["max_steps"] == "2 epochs" and isinstance(eff["packing"], str)
 
@@ -151,7 +152,7 @@ def test_full_finetune_has_no_lora_knobs() -> None:
 def test_multi_gpu_accelerate_config() -> None:
     plan = cuda_plan(distributed={"gpus": 2, "strategy": "deepspeed_zero2"},
                      training={"gradient_accumulation_steps": 1})
-    files = ENGINE.render(plan)
+    files = render_resolved(ENGINE, plan)
     accelerate = yaml.safe_load(files["accelerate_config.yaml"])
     assert accelerate["num_processes"] == 2 and accelerate["distributed_type"] == "DEEPSPEED"
     assert ENGINE.command(plan)[:4] == ["accelerate", "launch", "--config_file", "accelerate_config.yaml"]
@@ -160,7 +161,7 @@ def test_multi_gpu_accelerate_config() -> None:
 
 
 def test_effective_applies_trl_defaults_for_missing_keys(cpu_plan: Plan) -> None:
-    files = ENGINE.render(cpu_plan)
+    files = render_resolved(ENGINE, cpu_plan)
     c = yaml.safe_load(files["trl_config.yaml"])
     for key in ("dtype", "lora_dropout", "lora_target_modules", "assistant_only_loss", "learning_rate"):
         c.pop(key)
@@ -175,4 +176,4 @@ def test_hostile_strings_stay_data() -> None:
     hostile = "out'\"\n{{ x }}: [a, b] # c\n'''\"\"\"__import__('os')"
     plan = cuda_plan(output={"dir": hostile})
     assert config_of(plan)["output_dir"] == hostile
-    assert ENGINE.effective(ENGINE.render(plan))["model"] == plan.model_path
+    assert ENGINE.effective(render_resolved(ENGINE, plan))["model"] == plan.model_path

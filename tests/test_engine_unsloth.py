@@ -14,6 +14,7 @@ from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
 from qwenrecipes.engines.unsloth import ENGINE, SCRIPT_FILE, read_script
 from qwenrecipes.plan import Plan, make_plan, plan_recipe
 from qwenrecipes.recipe import build_recipe, load_recipe_document
+from tests.conftest import render_resolved
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "recipes" / "tiny-cpu.yaml"
@@ -30,7 +31,7 @@ def cuda_plan(**changes: Any) -> Plan:
 
 
 def script_of(plan: Plan) -> str:
-    text = ENGINE.render(plan)[SCRIPT_FILE]
+    text = render_resolved(ENGINE, plan)[SCRIPT_FILE]
     compile(text, SCRIPT_FILE, "exec")
     return text
 
@@ -98,7 +99,7 @@ def test_command_environment(cpu_plan: Plan) -> None:
 
 
 def test_effective_cpu(cpu_plan: Plan) -> None:
-    eff = ENGINE.effective(ENGINE.render(cpu_plan))
+    eff = ENGINE.effective(render_resolved(ENGINE, cpu_plan))
     assert set(eff) == set(CONCEPTS)
     assert eff["loss_mask"] == LOSS_MASK_ASSISTANT and eff["think_handling"] == THINK_INLINE
     assert eff["method"] == "lora" and eff["lora_r"] == 8 and eff["effective_batch"] == 4
@@ -118,7 +119,7 @@ def test_qlora_cuda_quantization_explicit() -> None:
                                        "bnb_4bit_use_double_quant": False, "bnb_4bit_compute_dtype": "float16"}
     assert c["FastLanguageModel.get_peft_model"]["use_gradient_checkpointing"] == "unsloth"
     assert c["SFTConfig"]["bf16"] is True and c["SFTConfig"]["optim"] == "adamw_8bit"
-    eff = ENGINE.effective(ENGINE.render(plan))
+    eff = ENGINE.effective(render_resolved(ENGINE, plan))
     assert eff["method"] == "qlora" and eff["quantization"] == {
         "bits": 4, "quant_type": "fp4", "double_quant": False, "compute_dtype": "float16"}
     assert eff["precision"] == "bf16" and str(eff["gradient_checkpointing"]).startswith("unsloth")
@@ -131,19 +132,19 @@ def test_lora_cuda_eval_and_all_tokens() -> None:
     assert "train_on_responses_only" not in c
     assert c["load_dataset"]["data_files"] == {"train": "data/train.jsonl", "test": "data/eval.jsonl"}
     assert c["SFTConfig"]["eval_strategy"] == "steps" and c["SFTTrainer"]["eval_dataset"] == "dataset['test']"
-    eff = ENGINE.effective(ENGINE.render(plan))
+    eff = ENGINE.effective(render_resolved(ENGINE, plan))
     assert eff["loss_mask"] == LOSS_MASK_ALL and eff["eval_steps"] == 5 and eff["eval_file"] == "data/eval.jsonl"
 
 
 def test_multi_gpu_is_torchrun() -> None:
     plan = cuda_plan(distributed={"gpus": 2, "strategy": "ddp"}, training={"gradient_accumulation_steps": 1})
     assert ENGINE.command(plan) == ["torchrun", "--standalone", "--nproc_per_node=2", "train_unsloth.py"]
-    eff = ENGINE.effective(ENGINE.render(plan))
+    eff = ENGINE.effective(render_resolved(ENGINE, plan))
     assert eff["gpus"] == 2 and eff["effective_batch"] == 8 and eff["distributed"] == "ddp (torchrun)"
 
 
 def test_effective_applies_unsloth_defaults_for_missing_kwargs(cpu_plan: Plan) -> None:
-    text = ENGINE.render(cpu_plan)[SCRIPT_FILE]
+    text = render_resolved(ENGINE, cpu_plan)[SCRIPT_FILE]
     for line in ("        learning_rate=0.001,\n", "        weight_decay=0.0,\n", "        use_exact_model_name=True,"):
         assert line in text
         text = text.replace(line, "", 1)

@@ -147,7 +147,9 @@ def benign_files(engine: str, hub: bool, workdir: Path) -> dict[str, str]:
     """The files of a benign recipe of the same shape, to compare structure against."""
     data = workdir / "benign.jsonl"
     data.write_text(json.dumps(BENIGN_ROW) + "\n", encoding="utf-8")
-    case = Case("Qwen/Qwen3-0.6B", "outputs", hub, "org/dataset" if hub else str(data), "train",
+    # A model id with no known dims, like the hostile ones: the memory decisions (and so the files' shape)
+    # depend on the model, and a hostile model never has a memory estimate.
+    case = Case("org/benign-model", "outputs", hub, "org/dataset" if hub else str(data), "train",
                 {"messages": "messages", "role": "role", "content": "content", "system": "system"}, "s", "u", "a")
     return rendered_files(case, engine, workdir)
 

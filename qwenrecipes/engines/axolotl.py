@@ -87,6 +87,12 @@ def deepspeed_config(plan: Plan) -> dict[str, Any] | None:
     }
 
 
+def fused_lora_kernels(plan: Plan) -> bool:
+    """Whether the render turns Axolotl's fused LoRA kernels on (the memory estimate reads it too)."""
+    lora = plan.recipe.lora
+    return plan.recipe.uses_adapter and plan.target == "cuda" and lora["dropout"] == 0 and not lora["use_dora"]
+
+
 def _number(value: float) -> int | float:
     """Axolotl types lora_alpha as int; an integral float (32.0) must reach it as 32."""
     return int(value) if float(value).is_integer() else value
@@ -142,8 +148,7 @@ class AxolotlEngine:
             # measured on the H200 (Qwen3-4B, seq 2048, no checkpointing) 15.0k tok/s and 52.5 GiB with them
             # against 12.5k and 69.7 GiB without. They need a CUDA GPU (on CPU they hang), dropout 0 and no
             # DoRA; everywhere else they are off, explicitly (Axolotl would auto-enable them).
-            fused = plan.target == "cuda" and lora["dropout"] == 0 and not lora["use_dora"]
-            adapter.update(dict.fromkeys(LORA_KERNELS, fused))
+            adapter.update(dict.fromkeys(LORA_KERNELS, fused_lora_kernels(plan)))
         else:
             adapter = {"adapter": None}
         adapter["load_in_8bit"] = False

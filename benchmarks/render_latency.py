@@ -4,10 +4,14 @@ Reports, on the machine it runs on:
   (a) end to end: the `qwenrecipes` console script, process start included (what a user waits for);
   (b) qwenrecipes's share: (a) minus a bare `python -c pass` of the same interpreter, same environment,
       timed the same way in the same rounds (interpreter start + site + .pth files are not qwenrecipes's);
+      and, of that share, what is left above `python -c "import click, jinja2, yaml"` (the libraries render
+      cannot do without): qwenrecipes's own modules and work;
   (c) in process: importing the library (plan + render modules), then the first
       `render_plan(plan_recipe(...))` call of a fresh process (what the CLI pays after its imports: includes
       loading templates) and a warm repeat call; medians over several fresh processes.
-Commands are interleaved round by round so that load changes on a shared VM hit every variant alike.
+Commands are interleaved round by round so that load changes on a shared VM hit every variant alike, and each
+run's CPU time (user + system of the child) is kept next to its wall time: on a busy machine wall times grow
+with other people's work, CPU times much less.
 Target: <= 0.15 s end to end on the example recipe. Prints a table; writes benchmarks/results/render_latency.json.
 
     python benchmarks/render_latency.py [--repeat 20] [--recipe recipes/qwen3-4b-qlora.yaml]
@@ -21,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -66,8 +71,11 @@ def console_script() -> tuple[list[str], str]:
     return [sys.executable, "-m", "qwenrecipes.cli"], sys.executable  # no console script installed
 
 
-def stats(times: list[float]) -> dict[str, float]:
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+def stats(runs: list[tuple[float, float]]) -> dict[str, float]:
+    """(wall, cpu) pairs -> wall median/min/max and cpu median."""
+    wall = [w for w, _ in runs]
+    return {"median_s": statistics.median(wall), "min_s": min(wall), "max_s": max(wall),
+            "cpu_median_s": statistics.median(c for _, c in runs)}
 
 
 def main() -> None:
@@ -90,18 +98,21 @@ def main() -> None:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = args.pycache_prefix
     entry, interpreter = console_script()
-    commands = {"bare": [interpreter, "-c", "pass"]}
+    commands = {"bare": [interpreter, "-c", "pass"], "deps": [interpreter, "-c", "import click, jinja2, yaml"]}
     for engine in ENGINES:
         commands[engine] = [*entry, "render", args.recipe, "--engine", engine, "--target", "cuda"]
 
-    def run(argv: list[str]) -> float:
+    def run(argv: list[str]) -> tuple[float, float]:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(argv, check=True, capture_output=True, env=env)
-        return time.perf_counter() - start
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
     for argv in commands.values():  # warm the OS file cache, the bytecode and compiled-template caches
         run(argv)
-    times: dict[str, list[float]] = {name: [] for name in commands}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for _ in range(args.repeat):
         for name, argv in commands.items():
             times[name].append(run(argv))
@@ -113,24 +124,31 @@ def main() -> None:
                                    check=True, capture_output=True, text=True, env=env)
             probes[engine].append(json.loads(probe.stdout))
 
-    bare = stats(times["bare"])
+    bare, deps = stats(times["bare"]), stats(times["deps"])
     rows: list[dict[str, Any]] = []
     for engine in ENGINES:
         end_to_end = stats(times[engine])
         inner = {f"{key[:-2]}_median_s": statistics.median(p[key] for p in probes[engine])
                  for key in ("import_s", "first_call_s", "warm_call_s")}
         rows.append({"engine": engine, "end_to_end": end_to_end,
-                     "qwenrecipes_share_s": end_to_end["median_s"] - bare["median_s"], "in_process": inner})
+                     "qwenrecipes_share_s": end_to_end["median_s"] - bare["median_s"],
+                     "qwenrecipes_share_cpu_s": end_to_end["cpu_median_s"] - bare["cpu_median_s"],
+                     "above_deps_s": end_to_end["median_s"] - deps["median_s"], "in_process": inner})
 
-    print(f"bare interpreter ({interpreter} -c pass): median {bare['median_s']:.3f} s, min {bare['min_s']:.3f} s")
-    header = (f"{'engine':13} {'end-to-end':>10} {'min':>6} {'own share':>9} {'imports':>8} {'1st call':>8} "
-              f"{'warm call':>9}")  # in-process columns: library imports, first and warm render call
-    print(header)
+    print(f"bare interpreter  ({interpreter} -c pass): median {bare['median_s']:.3f} s "
+          f"(cpu {bare['cpu_median_s']:.3f} s)")
+    print(f"+ click/jinja2/yaml (-c 'import click, jinja2, yaml'): median {deps['median_s']:.3f} s "
+          f"(cpu {deps['cpu_median_s']:.3f} s)")
+    print(f"{'engine':13} {'end-to-end':>10} {'min':>6} {'cpu':>6} {'own share':>9} {'own cpu':>7} {'above deps':>10} "
+          f"{'imports':>8} {'1st call':>8} {'warm call':>9}")
     for row in rows:
         e, inner = row["end_to_end"], row["in_process"]
-        print(f"{row['engine']:13} {e['median_s']:10.3f} {e['min_s']:6.3f} {row['qwenrecipes_share_s']:9.3f} "
+        print(f"{row['engine']:13} {e['median_s']:10.3f} {e['min_s']:6.3f} {e['cpu_median_s']:6.3f} "
+              f"{row['qwenrecipes_share_s']:9.3f} {row['qwenrecipes_share_cpu_s']:7.3f} {row['above_deps_s']:10.3f} "
               f"{inner['import_median_s']:8.3f} {inner['first_call_median_s']:8.3f} {inner['warm_call_median_s']:9.4f}")
-    print("(seconds; medians unless noted; own share = end-to-end median - bare median)")
+    print("seconds, medians of wall time unless marked cpu. own share = end-to-end - bare interpreter; above deps =\n"
+          "end-to-end - the click/jinja2/yaml line; imports / 1st call / warm call: in process (library imports, then\n"
+          "the first and a repeated render_plan(plan_recipe(...)) of a fresh process)")
 
     source = Path(args.source)
     result = {
@@ -150,6 +168,7 @@ def main() -> None:
             "source_has_pycache": (source / "qwenrecipes" / "__pycache__").is_dir(),
         },
         "bare_interpreter": bare,
+        "interpreter_plus_deps": deps,
         "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -135,21 +135,6 @@ def main() -> None:
                      "qwenrecipes_share_cpu_s": end_to_end["cpu_median_s"] - bare["cpu_median_s"],
                      "above_deps_s": end_to_end["median_s"] - deps["median_s"], "in_process": inner})
 
-    print(f"bare interpreter  ({interpreter} -c pass): median {bare['median_s']:.3f} s "
-          f"(cpu {bare['cpu_median_s']:.3f} s)")
-    print(f"+ click/jinja2/yaml (-c 'import click, jinja2, yaml'): median {deps['median_s']:.3f} s "
-          f"(cpu {deps['cpu_median_s']:.3f} s)")
-    print(f"{'engine':13} {'end-to-end':>10} {'min':>6} {'cpu':>6} {'own share':>9} {'own cpu':>7} {'above deps':>10} "
-          f"{'imports':>8} {'1st call':>8} {'warm call':>9}")
-    for row in rows:
-        e, inner = row["end_to_end"], row["in_process"]
-        print(f"{row['engine']:13} {e['median_s']:10.3f} {e['min_s']:6.3f} {e['cpu_median_s']:6.3f} "
-              f"{row['qwenrecipes_share_s']:9.3f} {row['qwenrecipes_share_cpu_s']:7.3f} {row['above_deps_s']:10.3f} "
-              f"{inner['import_median_s']:8.3f} {inner['first_call_median_s']:8.3f} {inner['warm_call_median_s']:9.4f}")
-    print("seconds, medians of wall time unless marked cpu. own share = end-to-end - bare interpreter; above deps =\n"
-          "end-to-end - the click/jinja2/yaml line; imports / 1st call / warm call: in process (library imports, then\n"
-          "the first and a repeated render_plan(plan_recipe(...)) of a fresh process)")
-
     source = Path(args.source)
     result = {
         "recipe": Path(args.recipe).name,
@@ -173,6 +158,21 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"bare interpreter  ({interpreter} -c pass): median {bare['median_s']:.3f} s "
+          f"(cpu {bare['cpu_median_s']:.3f} s)")
+    print(f"+ click/jinja2/yaml (-c 'import click, jinja2, yaml'): median {deps['median_s']:.3f} s "
+          f"(cpu {deps['cpu_median_s']:.3f} s)")
+    print(f"{'engine':13} {'end-to-end':>10} {'min':>6} {'cpu':>6} {'own share':>9} {'own cpu':>7} {'above deps':>10} "
+          f"{'imports':>8} {'1st call':>8} {'warm call':>9}")
+    for row in rows:
+        e, inner = row["end_to_end"], row["in_process"]
+        print(f"{row['engine']:13} {e['median_s']:10.3f} {e['min_s']:6.3f} {e['cpu_median_s']:6.3f} "
+              f"{row['qwenrecipes_share_s']:9.3f} {row['qwenrecipes_share_cpu_s']:7.3f} {row['above_deps_s']:10.3f} "
+              f"{inner['import_median_s']:8.3f} {inner['first_call_median_s']:8.3f} {inner['warm_call_median_s']:9.4f}")
+    print("seconds, medians of wall time unless marked cpu. own share = end-to-end - bare interpreter; above deps =\n"
+          "end-to-end - the click/jinja2/yaml line; imports / 1st call / warm call: in process (library imports, then\n"
+          "the first and a repeated render_plan(plan_recipe(...)) of a fresh process)")
     print(f"wrote {args.out}")
 
 

@@ -35,7 +35,52 @@ def _console() -> Any:
     return Console()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands that live in their own modules (each module exports COMMANDS), by command name. The group imports
+# a module only when one of its commands runs (or `--help` lists them all): `render` must not pay for the
+# imports of env management, runs, checks and exports. tests/test_cli_imports.py keeps this map complete.
+LAZY_COMMANDS: dict[str, str] = {
+    "env": "qwenrecipes.cli_env",
+    "run": "qwenrecipes.cli_run",
+    "runs": "qwenrecipes.cli_run",
+    "show": "qwenrecipes.cli_run",
+    "check": "qwenrecipes.cli_check",
+    "compare": "qwenrecipes.cli_check",
+    "bench": "qwenrecipes.cli_bench",
+    "merge": "qwenrecipes.cli_export",
+    "generate": "qwenrecipes.cli_export",
+    "export": "qwenrecipes.cli_export",
+    "verify-export": "qwenrecipes.cli_export",
+    "push": "qwenrecipes.cli_export",
+}
+COMMAND_MODULES = list(dict.fromkeys(LAZY_COMMANDS.values()))
+
+
+class LazyGroup(click.Group):
+    """A click.Group that imports the module of a command listed in LAZY_COMMANDS on first use
+    (Click's documented "LazyGroup" pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in LAZY_COMMANDS:
+            self._load(LAZY_COMMANDS[cmd_name])
+        return super().get_command(ctx, cmd_name)
+
+    def _load(self, module_name: str) -> None:
+        import importlib
+
+        module = importlib.import_module(module_name)
+        for command in module.COMMANDS:
+            self.add_command(command)
+        if module_name == "qwenrecipes.cli_env":
+            from qwenrecipes.cli_bench import BUNDLE_COMMANDS
+
+            for command in BUNDLE_COMMANDS:  # `qwenrecipes env bundle`: offline site dirs for GPU hosts
+                module.env.add_command(command)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="qwenrecipes")
 def cli() -> None:
     """One canonical Qwen fine-tuning recipe, rendered for Axolotl, LLaMA-Factory, Unsloth and TRL."""
@@ -179,26 +224,8 @@ def tiny_model(out_dir: Path, seed: int) -> None:
     click.echo(f"wrote {path}")
 
 
-# Commands that live in their own modules; each module exports COMMANDS.
-COMMAND_MODULES = ["qwenrecipes.cli_env", "qwenrecipes.cli_run", "qwenrecipes.cli_check", "qwenrecipes.cli_bench",
-                   "qwenrecipes.cli_export"]
-
-
-def _attach_commands() -> None:
-    import importlib
-
-    for name in COMMAND_MODULES:
-        for command in importlib.import_module(name).COMMANDS:
-            cli.add_command(command)
-    from qwenrecipes import cli_bench, cli_env
-
-    for command in cli_bench.BUNDLE_COMMANDS:  # `qwenrecipes env bundle`: offline site dirs for GPU hosts
-        cli_env.env.add_command(command)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the one place that maps errors to exit codes and messages."""
-    _attach_commands()
     try:
         cli.main(args=argv, prog_name="qwenrecipes", standalone_mode=False)
     except RecipeError as exc:

@@ -8,7 +8,6 @@ raising, as ``FILE::json.path: message``.
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import math
 import re
@@ -187,6 +186,8 @@ def _schema_at(schema: dict[str, Any], parts: list[Any]) -> dict[str, Any]:
 
 def _describe(error: Any, schema: dict[str, Any]) -> list[tuple[str, str]]:
     """Turn one jsonschema error into (path, message) pairs a person can act on."""
+    import difflib  # only invalid recipes get "did you mean" hints; valid ones never load it
+
     path = list(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(_schema_at(schema, path).get("properties", {}))

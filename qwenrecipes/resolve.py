@@ -41,10 +41,12 @@ def _divisors_below(n: int) -> list[int]:
 
 def estimator_for(plan: Plan, engine: str, dims: memory.ModelDims, liger: bool) -> Any:
     """estimate(micro_batch, gradient_checkpointing) -> GiB for this plan and engine."""
-    from qwenrecipes.engines.axolotl import fused_lora_kernels
-
     recipe = plan.recipe
-    kernels = engine == "axolotl" and fused_lora_kernels(plan)
+    kernels = False
+    if engine == "axolotl":  # imported only then: rendering another engine never loads Axolotl's module
+        from qwenrecipes.engines.axolotl import fused_lora_kernels
+
+        kernels = fused_lora_kernels(plan)
     options: dict[str, Any] = {
         "lora_r": recipe.lora["r"], "target_modules": tuple(recipe.target_modules),
         "lora_dropout": float(recipe.lora["dropout"]) if recipe.uses_adapter else 0.0,

@@ -169,9 +169,10 @@ def memory_lines(resolved: dict[str, Plan | RecipeError]) -> list[str]:
         m = result.memory
         settings = (f"checkpointing {'on' if m['gradient_checkpointing'] else 'off'}, "
                     f"liger {'on' if m['liger_kernel'] else 'off'}, "
-                    f"micro-batch {m['micro_batch_size']} x {m['gradient_accumulation_steps']}")
+                    f"micro-batch {m['micro_batch_size']} x accumulation {m['gradient_accumulation_steps']}")
         if "estimated_peak_gib" in m:
-            where = f"~{m['estimated_peak_gib']} GiB of {m['limit_gib']} GiB ({m['gpu_memory_source']})"
+            where = (f"~{m['estimated_peak_gib']} GiB estimated, {m['limit_gib']} GiB usable of "
+                     f"{m['gpu_memory_gb']:g} GB ({m['gpu_memory_source']})")
         else:
             where = "no GPU" if m["gpu_memory_gb"] is None else "no estimate"
         lines.append(f"{engine}: {where}: {settings}")

@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from qwenrecipes.cli import main
 from qwenrecipes.plan import Plan
 from qwenrecipes.resolve import resolve_for_engine
 
@@ -19,6 +22,17 @@ def target_for(recipe: Path) -> str:
     """Example recipes are resolved for the hardware they are written for, so goldens don't depend on
     the machine the tests run on."""
     return "cpu" if "cpu" in recipe.stem else "cuda"
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the CLI in this process: (exit code, stdout, stderr), the code 0 when main returns without exiting."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
 def render_resolved(engine: Any, plan: Plan) -> dict[str, str]:

@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from qwenrecipes import doctor, envs
-from qwenrecipes.cli import main
 from qwenrecipes.engines import ENGINES
 from qwenrecipes.errors import QwenRecipesError, RecipeError
 from qwenrecipes.plan import make_plan
@@ -36,21 +35,11 @@ from qwenrecipes.runner import (
     execute,
     write_json_atomic,
 )
+from tests.conftest import REPO, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 FAKE_ENGINE = REPO / "tests" / "fixtures" / "fake_engine.py"
 ENGINE_NAMES = list(ENGINES)
 ROW = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_clean_refusal(code: int, err: str, file: Path, *expected: str) -> None:

@@ -594,6 +594,7 @@ def prepare_point(recipe_path: Path, engine: str, label: str, out_dir: Path, *, 
                   memory_cap_gb: float | None = None, config_patches: dict[str, Any] | None = None) -> PreparedPoint:
     """Plan the recipe with the bench's forced settings, render it for ``engine`` into out_dir/runs/<engine>-<label>
     and count each step's tokens. A renderer or plan failure is kept as ``error`` so the row still appears."""
+    from qwenrecipes.engines.base import HF_OFFLINE
     from qwenrecipes.plan import make_plan
     from qwenrecipes.recipe import build_recipe, load_recipe_document
     from qwenrecipes.render import render_plan, write_rendered
@@ -653,7 +654,7 @@ def prepare_point(recipe_path: Path, engine: str, label: str, out_dir: Path, *, 
     extra = dict(rendered.environment)
     if Path(plan.model_path).is_absolute():
         # The model and data are local: nothing to fetch, and an air-gapped host would only time out probing.
-        extra.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+        extra.update(HF_OFFLINE)
     extra.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         env, python, versions = launch_environment(launcher, engine, extra, shim, memory_cap_gb)

@@ -125,6 +125,14 @@ def _find_wheel(folder: Path, requirement: str) -> Path:
     raise QwenRecipesError(f"no wheel for {requirement} in {folder}")
 
 
+def _has_wheel(folder: Path, requirement: str) -> bool:
+    try:
+        _find_wheel(folder, requirement)
+    except QwenRecipesError:
+        return False
+    return True
+
+
 def _trim(site: Path, patterns: Sequence[str]) -> None:
     for pattern in patterns:
         for path in list(site.glob(pattern)):
@@ -180,25 +188,13 @@ def build_bundle(engine: str, python_version: str, platforms: Sequence[str] | No
     cache = wheel_cache or Path(tempfile.gettempdir()) / f"qwenrecipes-wheels-py{python_version}"
     cache.mkdir(parents=True, exist_ok=True)
     platform_args = [arg for p in (platforms or DEFAULT_PLATFORMS) for arg in ("--platform", p)]
-    for requirement in wanted:
-        if requirement in spec.sdists:
-            continue
-        try:
-            _find_wheel(cache, requirement)
-            continue
-        except QwenRecipesError:
-            pass
+    # A wheel already in the cache (from an earlier bundle) is neither downloaded nor built again.
+    missing = [requirement for requirement in wanted if not _has_wheel(cache, requirement)]
+    for requirement in (r for r in missing if r not in spec.sdists):
         report(f"downloading {requirement}")
         _pip(["download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", python_version,
               "--implementation", "cp", *platform_args, "-d", str(cache), requirement], report)
-    for requirement in wanted:
-        if requirement not in spec.sdists:
-            continue
-        try:
-            _find_wheel(cache, requirement)
-            continue
-        except QwenRecipesError:
-            pass
+    for requirement in (r for r in missing if r in spec.sdists):
         report(f"building a wheel of {requirement} (pure-Python sdist)")
         with tempfile.TemporaryDirectory() as sdist_dir:
             _pip(["download", "-q", "--no-deps", "--no-binary=:all:", "-d", sdist_dir, requirement], report)

@@ -418,6 +418,7 @@ def run_engine(plan: Plan, engine: str, samples: Sequence[Sample], *, python: Pa
                environment: Mapping[str, str] | None = None, timeout: float = ENGINE_TIMEOUT_S) -> list[Tokens]:
     """Run `engine`'s own preprocessing, in its env, on the samples; their tokens in sample order.
     Raises EngineError when the env is missing or the engine fails."""
+    from qwenrecipes.engines.base import HF_OFFLINE
     from qwenrecipes.render import render_plan, write_rendered
 
     check_plan = check_plan_for(plan)
@@ -437,10 +438,9 @@ def run_engine(plan: Plan, engine: str, samples: Sequence[Sample], *, python: Pa
             env = engine_env.run_environment(rendered.environment)
         else:
             env = dict(environment or {})
+        env.update(HF_OFFLINE)  # everything is local (check_plan_for)
         env.update({
-            # Everything is local (check_plan_for); a private datasets cache so nothing stale is reused and
-            # nothing is left behind.
-            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            # A private datasets cache so nothing stale is reused and nothing is left behind.
             "HF_DATASETS_CACHE": str(folder / ".hf_datasets"), "TOKENIZERS_PARALLELISM": "false",
             "PYTHONUNBUFFERED": "1",
         })

@@ -97,21 +97,13 @@ def _no_progress(stage: str, message: str) -> None:
 
 
 def base_environment(*, wandb: bool = False) -> dict[str, str]:
-    """Telemetry-off variables every engine run gets. ``wandb=True`` when the recipe asks for W&B logging."""
-    env = {
-        "AXOLOTL_DO_NOT_TRACK": "1",  # axolotl.telemetry (posthog) is opt-out
-        "DO_NOT_TRACK": "1",  # the cross-tool convention (consoledonottrack.com); axolotl reads it too
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        # Unsloth downloads a README from the Hub on every model load to count environments
-        # (unsloth/models/_utils.py get_statistics); the variable's presence alone disables it.
-        "UNSLOTH_DISABLE_STATISTICS": "1",
-        # gradio (pulled in by LLaMA-Factory and Axolotl) phones home on import unless told not to.
-        "GRADIO_ANALYTICS_ENABLED": "False",
-    }
-    if not wandb:
-        # Axolotl imports wandb at module level; without this a stray WANDB_API_KEY would start syncing.
-        env["WANDB_MODE"] = "disabled"
-    return env
+    """Telemetry-off variables every process in an engine env gets (engines.base.telemetry_environment, the
+    list the engines render into COMMAND). ``wandb=True`` when the recipe asks for W&B logging."""
+    # Imported here, not at the top: engines.base brings jinja2, yaml and the plan modules, which the
+    # `qwenrecipes env ...` commands never need (it doubles this module's import time).
+    from qwenrecipes.engines.base import telemetry_environment
+
+    return telemetry_environment(wandb=wandb)
 
 
 # ----------------------------------------------------------------------------------------------- locks

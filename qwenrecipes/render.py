@@ -17,7 +17,6 @@ from qwenrecipes.resolve import resolve_for_engine
 
 RESOLVED_RECIPE = "recipe.resolved.yaml"
 COMMAND_FILE = "COMMAND"
-SECRET_NAMES = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 
 
 def get_engine(name: str) -> Engine:

@@ -577,7 +577,7 @@ def execute(spec: RunSpec, on_event: EventCallback | None = None) -> RunResult:
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     supervisor = _Supervisor(spec, on_event)
     started = time.time()
-    previous = _read_summary(spec.run_dir) if spec.resume_from else None
+    previous = read_summary(spec.run_dir) if spec.resume_from else None
     with open(spec.run_dir / EVENTS_FILE, "a", encoding="utf-8") as supervisor.events:
         supervisor.emit({"type": "start", "engine": spec.engine, "argv": spec.argv, "resume_from": spec.resume_from,
                          "start_step": spec.start_step, "total_steps": spec.total_steps, "versions": spec.versions,
@@ -597,7 +597,8 @@ def execute(spec: RunSpec, on_event: EventCallback | None = None) -> RunResult:
     return RunResult(spec.run_dir, status, summary)
 
 
-def _read_summary(run_dir: Path) -> dict[str, Any] | None:
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """A run's summary.json, or None while it runs (or when it was killed before writing one, or is damaged)."""
     try:
         value = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):

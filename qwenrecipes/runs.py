@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qwenrecipes.errors import QwenRecipesError
 from qwenrecipes.events import Event, read_events
-from qwenrecipes.runner import EVENTS_FILE, MARKER_FILE, SUMMARY_FILE, read_marker
+from qwenrecipes.runner import EVENTS_FILE, MARKER_FILE, read_marker, read_summary
 
 LOSS_PLOT = "loss.png"
 
@@ -32,20 +31,12 @@ class RunInfo:
         return read_events(self.path / EVENTS_FILE)
 
 
-def _summary(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads((path / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def load_run(path: Path) -> RunInfo:
     marker = read_marker(path) if path.is_dir() else None
     if marker is None:
         raise QwenRecipesError(f"{path} is not a qwenrecipes run dir (no {MARKER_FILE}): "
                                "list runs with `qwenrecipes runs`")
-    return RunInfo(path, marker, _summary(path))
+    return RunInfo(path, marker, read_summary(path))
 
 
 def list_runs(root: Path) -> list[RunInfo]:
@@ -53,7 +44,7 @@ def list_runs(root: Path) -> list[RunInfo]:
     if not root.is_dir():
         raise QwenRecipesError(f"{root} is not a folder: pass the folder that holds your run dirs (default runs/)")
     candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
-    found = [RunInfo(p, m, _summary(p)) for p in candidates if (m := read_marker(p)) is not None]
+    found = [RunInfo(p, m, read_summary(p)) for p in candidates if (m := read_marker(p)) is not None]
     return sorted(found, key=lambda r: float(r.marker.get("created") or 0), reverse=True)
 
 

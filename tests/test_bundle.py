@@ -1,11 +1,11 @@
-"""Offline bundles for air-gapped GPU hosts: what travels is DIR/site.tar.xz, checked against the size limit.
-Runs without network: the wheels are made here and put in the wheel cache the builder looks in first."""
+"""env bundle: which wheels are fetched, built, reused from the cache or left to the host (pip faked, no network)."""
 
 from __future__ import annotations
 
 import os
 import tarfile
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,54 @@ from qwenrecipes import bundle
 from qwenrecipes.errors import QwenRecipesError
 
 
-def _wheel(cache: Path, name: str, version: str, files: dict[str, bytes]) -> None:
+def _wheel(folder: Path, name: str, version: str) -> None:
+    """A minimal wheel holding one module, so the bundle's unzip has something to show."""
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as archive:
+        archive.writestr(f"{name}.py", f"VERSION = {version!r}\n")
+
+
+def test_bundle_fetches_only_what_neither_the_cache_nor_the_host_has(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = bundle.BundleSpec(packages=("cached==1.0", "fresh==2.0", "onhost==3.0"),
+                             sdists=("cachedsdist==4.0", "purepy==5.0"))
+    monkeypatch.setitem(bundle.SPECS, "fake", spec)
+    calls: list[list[str]] = []
+
+    def fake_pip(args: Sequence[str], progress: Callable[[str], None]) -> None:
+        calls.append(list(args))
+        requirement = args[-1]
+        if args[0] == "download" and "--no-binary=:all:" in args:  # the sdist step: leave a source to build
+            (Path(args[args.index("-d") + 1]) / f"{requirement.replace('==', '-')}.tar.gz").write_text("sdist")
+        elif args[0] == "download":
+            _wheel(Path(args[args.index("-d") + 1]), *requirement.split("=="))
+        else:  # pip wheel -w cache <source>
+            _wheel(Path(args[args.index("-w") + 1]), *Path(args[-1]).name.removesuffix(".tar.gz").split("-"))
+
+    monkeypatch.setattr(bundle, "_pip", fake_pip)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _wheel(cache, "cached", "1.0")
+    _wheel(cache, "cachedsdist", "4.0")
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text("onhost==3.0\n", encoding="utf-8")
+
+    result = bundle.build_bundle("fake", "3.12", None, freeze, tmp_path / "out", wheel_cache=cache)
+
+    assert [(c[0], c[-1]) for c in calls] == [("download", "fresh==2.0"), ("download", "purepy==5.0"),
+                                              ("wheel", calls[2][-1])]
+    assert Path(calls[2][-1]).name == "purepy-5.0.tar.gz"
+    assert result.skipped == ["onhost==3.0"]
+    assert sorted(p.name for p in result.site.iterdir()) == ["cached.py", "cachedsdist.py", "fresh.py", "purepy.py"]
+
+    calls.clear()  # a second bundle finds everything in the cache
+    bundle.build_bundle("fake", "3.12", None, freeze, tmp_path / "out", wheel_cache=cache)
+    assert calls == []
+
+
+# What travels to the GPU host is DIR/site.tar.xz, checked against the size limit.
+
+
+def _wheel_with(cache: Path, name: str, version: str, files: dict[str, bytes]) -> None:
     with zipfile.ZipFile(cache / f"{name}-{version}-py3-none-any.whl", "w") as archive:
         for path, data in files.items():
             archive.writestr(path, data)
@@ -31,9 +78,9 @@ def spec(monkeypatch: pytest.MonkeyPatch) -> bundle.BundleSpec:
 def test_bundle_writes_a_compressed_archive_of_what_the_host_lacks(tmp_path: Path, spec: bundle.BundleSpec) -> None:
     cache = tmp_path / "wheels"
     cache.mkdir()
-    _wheel(cache, "tinypkg", "1.0", {"tinypkg/__init__.py": b"X = 1\n", "tinypkg/big/blob.bin": b"0" * 1000,
+    _wheel_with(cache, "tinypkg", "1.0", {"tinypkg/__init__.py": b"X = 1\n", "tinypkg/big/blob.bin": b"0" * 1000,
                                      "tinypkg/tests/test_x.py": b""})
-    _wheel(cache, "hostpkg", "2.0", {"hostpkg/__init__.py": b""})
+    _wheel_with(cache, "hostpkg", "2.0", {"hostpkg/__init__.py": b""})
     freeze = tmp_path / "freeze.txt"
     freeze.write_text("hostpkg==2.0\ntorch==2.11.0\n", encoding="utf-8")
     result = bundle.build_bundle("fake", "3.12", None, freeze, tmp_path / "out", wheel_cache=cache)
@@ -48,7 +95,7 @@ def test_bundle_writes_a_compressed_archive_of_what_the_host_lacks(tmp_path: Pat
 def test_bundle_over_the_limit_is_refused(tmp_path: Path, spec: bundle.BundleSpec) -> None:
     cache = tmp_path / "wheels"
     cache.mkdir()
-    _wheel(cache, "tinypkg", "1.0", {"tinypkg/__init__.py": os.urandom(300_000)})
-    _wheel(cache, "hostpkg", "2.0", {"hostpkg/__init__.py": b""})
+    _wheel_with(cache, "tinypkg", "1.0", {"tinypkg/__init__.py": os.urandom(300_000)})
+    _wheel_with(cache, "hostpkg", "2.0", {"hostpkg/__init__.py": b""})
     with pytest.raises(QwenRecipesError, match=r"site\.tar\.xz is .* MiB, over --max-mib"):
         bundle.build_bundle("fake", "3.12", None, None, tmp_path / "out", wheel_cache=cache, max_mib=0.1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -13,19 +12,9 @@ import yaml
 from qwenrecipes.concepts import CONCEPTS, LOSS_MASK_ASSISTANT, THINK_INLINE, TRUNCATION_NONE
 from qwenrecipes.engines.axolotl import ENGINE, LORA_KERNELS
 from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
-from qwenrecipes.plan import Plan, make_plan, plan_recipe
-from qwenrecipes.recipe import ALL_LINEAR, build_recipe, load_recipe_document
-from tests.conftest import RECIPES, render_resolved
-
-TINY = RECIPES / "tiny-cpu.yaml"
-
-
-def _plan_from(changes: dict[str, dict[str, Any]], target: str = "cuda") -> Plan:
-    """tiny-cpu with sections overridden (datasets stay relative to recipes/)."""
-    document = copy.deepcopy(load_recipe_document(TINY))
-    for section, values in changes.items():
-        document.setdefault(section, {}).update(values)
-    return make_plan(build_recipe(document, TINY), target=target)
+from qwenrecipes.plan import Plan, plan_recipe
+from qwenrecipes.recipe import ALL_LINEAR
+from tests.conftest import TINY, render_resolved, tiny_plan
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +24,7 @@ def cpu_plan() -> Plan:
 
 @pytest.fixture(scope="module")
 def qlora_plan() -> Plan:
-    return _plan_from({
+    return tiny_plan({
         "method": {"type": "qlora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05,
                                              "target_modules": ["q_proj", "v_proj"],
                                              "use_rslora": True, "modules_to_save": ["embed_tokens", "lm_head"]},
@@ -97,7 +86,7 @@ def test_chat_template_pinned_and_mask(cpu_plan: Plan) -> None:
 
 
 def test_train_on_all() -> None:
-    cfg = _cfg(_plan_from({"data": {"train_on": "all"}}, target="cpu"))
+    cfg = _cfg(tiny_plan({"data": {"train_on": "all"}}, target="cpu"))
     assert cfg["train_on_inputs"] is True
     assert cfg["datasets"][0]["roles_to_train"] == ["system", "user", "assistant"]
 
@@ -120,8 +109,8 @@ def test_qlora_cuda(qlora_plan: Plan) -> None:
 
 
 def test_deepspeed_and_multi_gpu() -> None:
-    plan = _plan_from({"distributed": {"gpus": 2, "strategy": "deepspeed_zero2", "zero_offload": True},
-                       "training": {"precision": "bf16"}})
+    plan = tiny_plan({"distributed": {"gpus": 2, "strategy": "deepspeed_zero2", "zero_offload": True},
+                      "training": {"precision": "bf16"}})
     files = render_resolved(ENGINE, plan)
     cfg = yaml.safe_load(files["axolotl.yaml"])
     assert cfg["deepspeed"] == "deepspeed.json"
@@ -189,6 +178,6 @@ def test_environment_and_command(cpu_plan: Plan) -> None:
 
 def test_hostile_name_stays_data(tmp_path: Path) -> None:
     """A value with YAML/comment syntax reaches the file only through the dumper."""
-    plan = _plan_from({"output": {"dir": "out: #x\n- y"}}, target="cpu")
+    plan = tiny_plan({"output": {"dir": "out: #x\n- y"}}, target="cpu")
     cfg = _cfg(plan)
     assert cfg["output_dir"] == "out: #x\n- y"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import shlex
 from typing import Any
@@ -12,18 +11,9 @@ import yaml
 
 from qwenrecipes.concepts import CONCEPTS, LOSS_MASK_ALL, THINK_INLINE, TRUNCATION_NONE
 from qwenrecipes.engines.llamafactory import ENGINE, LOSS_MASK_LF
-from qwenrecipes.plan import Plan, make_plan, plan_recipe
-from qwenrecipes.recipe import ALL_LINEAR, build_recipe, load_recipe_document
-from tests.conftest import RECIPES, render_resolved
-
-TINY = RECIPES / "tiny-cpu.yaml"
-
-
-def _plan_from(changes: dict[str, dict[str, Any]], target: str = "cuda") -> Plan:
-    document = copy.deepcopy(load_recipe_document(TINY))
-    for section, values in changes.items():
-        document.setdefault(section, {}).update(values)
-    return make_plan(build_recipe(document, TINY), target=target)
+from qwenrecipes.plan import Plan, plan_recipe
+from qwenrecipes.recipe import ALL_LINEAR
+from tests.conftest import TINY, render_resolved, tiny_plan
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +23,7 @@ def cpu_plan() -> Plan:
 
 @pytest.fixture(scope="module")
 def qlora_plan() -> Plan:
-    return _plan_from({
+    return tiny_plan({
         "method": {"type": "qlora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05,
                                              "target_modules": ["q_proj", "v_proj"],
                                              "use_dora": True, "modules_to_save": ["embed_tokens", "lm_head"]},
@@ -172,7 +162,7 @@ def test_effective_applies_lf_defaults() -> None:
 
 
 def test_full_finetune_train_on_all() -> None:
-    plan = _plan_from({"method": {"type": "full"}, "data": {"train_on": "all"}}, target="cpu")
+    plan = tiny_plan({"method": {"type": "full"}, "data": {"train_on": "all"}}, target="cpu")
     cfg = _cfg(plan)
     assert cfg["finetuning_type"] == "full" and "lora_rank" not in cfg
     assert cfg["train_on_prompt"] is True

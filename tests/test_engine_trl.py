@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,12 +10,8 @@ import yaml
 from qwenrecipes.concepts import CONCEPTS, LOSS_MASK_ALL, LOSS_MASK_ASSISTANT, THINK_INLINE, TRUNCATION_NONE
 from qwenrecipes.engines.base import CHATML_TEMPLATE
 from qwenrecipes.engines.trl import ENGINE
-from qwenrecipes.plan import Plan, make_plan, plan_recipe
-from qwenrecipes.recipe import build_recipe, load_recipe_document
-from tests.conftest import render_resolved
-
-REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "recipes" / "tiny-cpu.yaml"
+from qwenrecipes.plan import Plan, plan_recipe
+from tests.conftest import TINY, cuda_plan, render_resolved
 
 # The TrlParser dataclass fields of trl 1.9.0 we may write (ScriptArguments, SFTConfig/TrainingArguments,
 # ModelConfig, DatasetMixtureConfig). A key outside this set would make TrlParser fail.
@@ -36,16 +30,6 @@ KNOWN_KEYS = {
     "report_to", "use_cpu", "dataset_num_proc", "dataloader_num_workers", "push_to_hub",
 }
 
-
-def cuda_plan(**changes: Any) -> Plan:
-    """The tiny recipe turned into a CUDA recipe, with section overrides."""
-    document = load_recipe_document(TINY)
-    document = copy.deepcopy(document)
-    document["training"]["precision"] = "bf16"
-    document["training"]["optimizer"] = "adamw_8bit"
-    for section, values in changes.items():
-        document.setdefault(section, {}).update(values)
-    return make_plan(build_recipe(document, TINY), target="cuda")
 
 
 @pytest.fixture(scope="module")

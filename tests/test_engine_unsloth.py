@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ast
-import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,22 +10,11 @@ import pytest
 from qwenrecipes.concepts import CONCEPTS, LOSS_MASK_ALL, LOSS_MASK_ASSISTANT, THINK_INLINE
 from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
 from qwenrecipes.engines.unsloth import ENGINE, SCRIPT_FILE, read_script
-from qwenrecipes.plan import Plan, make_plan, plan_recipe
-from qwenrecipes.recipe import build_recipe, load_recipe_document
-from tests.conftest import render_resolved
+from qwenrecipes.plan import Plan, plan_recipe
+from tests.conftest import TINY, cuda_plan, render_resolved
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "recipes" / "tiny-cpu.yaml"
 HOSTILE = "x'\"\n{{ y }}{% if 1 %}'''\"\"\"\\n__import__('os').system('echo pwned')#"
 
-
-def cuda_plan(**changes: Any) -> Plan:
-    document = copy.deepcopy(load_recipe_document(TINY))
-    document["training"]["precision"] = "bf16"
-    document["training"]["optimizer"] = "adamw_8bit"
-    for section, values in changes.items():
-        document.setdefault(section, {}).update(values)
-    return make_plan(build_recipe(document, TINY), target="cuda")
 
 
 def script_of(plan: Plan) -> str:

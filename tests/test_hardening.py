@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from qwenrecipes import doctor, envs
-from qwenrecipes.cli import main
 from qwenrecipes.engines import ENGINES
 from qwenrecipes.errors import QwenRecipesError, RecipeError
 from qwenrecipes.plan import make_plan
@@ -36,21 +35,11 @@ from qwenrecipes.runner import (
     execute,
     write_json_atomic,
 )
+from tests.conftest import REPO, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 FAKE_ENGINE = REPO / "tests" / "fixtures" / "fake_engine.py"
 ENGINE_NAMES = list(ENGINES)
 ROW = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_clean_refusal(code: int, err: str, file: Path, *expected: str) -> None:
@@ -512,8 +501,25 @@ def test_local_model_and_data_run_offline_with_telemetry_off(tmp_path: Path, dat
     assert env["HF_HUB_DISABLE_TELEMETRY"] == "1" and env["DO_NOT_TRACK"] == "1"
     assert env["WANDB_MODE"] == "disabled" and env["AXOLOTL_DO_NOT_TRACK"] == "1"
     assert env["GRADIO_ANALYTICS_ENABLED"] == "False" and env["UNSLOTH_DISABLE_STATISTICS"] == "1"
-    if engine in ("trl", "unsloth"):
-        assert env["HF_DATASETS_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
+    assert env["HF_DATASETS_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
+
+
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+@pytest.mark.parametrize("report_to", ["none", "wandb"])
+def test_command_file_alone_has_every_run_variable(tmp_path: Path, data_file: Path, engine: str,
+                                                   report_to: str) -> None:
+    """Running COMMAND by hand, without qwenrecipes, keeps telemetry off exactly as `qwenrecipes run` does."""
+    model = tmp_path / "model"
+    model.mkdir()
+    plan = make_plan(build_recipe(recipe_document(data_file, model={"name_or_path": str(model)},
+                                                  output={"report_to": report_to}), tmp_path / "r.yaml"),
+                     target="cuda")
+    rendered = render_plan(plan, engine)
+    base = envs.base_environment(wandb=report_to == "wandb")
+    assert {k: rendered.environment.get(k) for k in base} == base
+    command_line = rendered.files["COMMAND"].splitlines()[1]
+    assert all(f"{k}={v}" in command_line.split() for k, v in base.items())
+    assert "HF_HUB_OFFLINE=1" in command_line.split()
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)

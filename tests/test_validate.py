@@ -9,20 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from qwenrecipes.cli import main
-from tests.conftest import EXAMPLE_RECIPES, REPO, target_for
+from tests.conftest import EXAMPLE_RECIPES, REPO, run_cli, target_for
 
 INVALID = sorted((REPO / "tests" / "recipes" / "invalid").glob("*.yaml"))
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("recipe", EXAMPLE_RECIPES, ids=[r.stem for r in EXAMPLE_RECIPES])

@@ -28,8 +28,8 @@ from qwenrecipes import concepts
 from qwenrecipes.engines.base import (
     CHATML_TEMPLATE,
     CHATML_TEMPLATE_PLAIN,
+    engine_environment,
     header_context,
-    offline_environment,
     render_template,
 )
 from qwenrecipes.plan import Plan
@@ -295,11 +295,7 @@ class AxolotlEngine:
         return ["axolotl", "train", MAIN_FILE, *resume, "--launcher", "python"]
 
     def environment(self, plan: Plan) -> dict[str, str]:
-        env = {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1"}
-        env.update(offline_environment(plan))
-        if plan.recipe.output["report_to"] != "wandb":
-            env["WANDB_MODE"] = "disabled"
-        return env
+        return engine_environment(plan, {})
 
     # ---------------------------------------------------------------------------------- effective
     def effective(self, files: dict[str, str]) -> dict[str, Any]:

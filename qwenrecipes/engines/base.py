@@ -55,7 +55,8 @@ class Engine(Protocol):
         ...
 
     def environment(self, plan: Plan) -> dict[str, str]:
-        """Environment variables the command needs (telemetry off, version checks, offline mode)."""
+        """Environment variables the command needs (telemetry off, version checks, offline mode): all of them,
+        as the COMMAND file runs it without qwenrecipes (build it with ``engine_environment``)."""
         ...
 
     def effective(self, files: dict[str, str]) -> dict[str, Any]:
@@ -171,12 +172,47 @@ def render_template(name: str, **context: Any) -> str:
     return jinja_env().get_template(name).render(**context)
 
 
+# Telemetry off: the one list, used by every engine's environment() (so the rendered COMMAND file alone runs
+# with it) and by envs.base_environment() (health checks, bench, tools). Every engine gets all of them: the
+# engines share dependencies (gradio, huggingface_hub), and an unused variable costs nothing.
+TELEMETRY_OFF: dict[str, str] = {
+    "AXOLOTL_DO_NOT_TRACK": "1",  # axolotl.telemetry (posthog) is opt-out
+    "DO_NOT_TRACK": "1",  # the cross-tool convention (consoledonottrack.com); axolotl reads it too
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    # Unsloth downloads a README from the Hub on every model load to count environments
+    # (unsloth/models/_utils.py get_statistics); the variable's presence alone disables it.
+    "UNSLOTH_DISABLE_STATISTICS": "1",
+    # gradio (pulled in by LLaMA-Factory and Axolotl) phones home on import unless told not to.
+    "GRADIO_ANALYTICS_ENABLED": "False",
+}
+
+# Hugging Face's offline switches: hub, datasets and transformers each read their own.
+HF_OFFLINE: dict[str, str] = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def telemetry_environment(*, wandb: bool = False) -> dict[str, str]:
+    """TELEMETRY_OFF, plus W&B disabled unless ``wandb`` (the recipe reports to it): Axolotl imports wandb at
+    module level, and without this a stray WANDB_API_KEY would start syncing."""
+    env = dict(TELEMETRY_OFF)
+    if not wandb:
+        env["WANDB_MODE"] = "disabled"
+    return env
+
+
 def offline_environment(plan: Plan) -> dict[str, str]:
     """HF offline flags when the model and data are local: nothing to fetch, so fail fast instead of probing
     the hub (and never send a request the user did not ask for)."""
-    if not plan.is_local:
-        return {}
-    return {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return dict(HF_OFFLINE) if plan.is_local else {}
+
+
+def engine_environment(plan: Plan, own: dict[str, str]) -> dict[str, str]:
+    """What an engine's environment() returns: telemetry off, offline mode for a local plan, then the engine's
+    ``own`` variables on top, so the COMMAND file needs nothing from qwenrecipes to run as `qwenrecipes run`
+    runs it."""
+    env = telemetry_environment(wandb=plan.recipe.output["report_to"] == "wandb")
+    env.update(offline_environment(plan))
+    env.update(own)
+    return env
 
 
 def header_context(plan: Plan, engine: str) -> dict[str, Any]:

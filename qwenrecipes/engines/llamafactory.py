@@ -30,7 +30,7 @@ import yaml
 
 from qwenrecipes import concepts
 from qwenrecipes.engines.axolotl import DEEPSPEED_FILE, deepspeed_config
-from qwenrecipes.engines.base import header_context, offline_environment, render_template
+from qwenrecipes.engines.base import engine_environment, header_context, render_template
 from qwenrecipes.plan import Plan
 
 MAIN_FILE = "llamafactory.yaml"
@@ -259,15 +259,12 @@ class LlamaFactoryEngine:
     def environment(self, plan: Plan) -> dict[str, str]:
         # DISABLE_VERSION_CHECK: LF 0.9.5 refuses transformers/peft/trl versions outside its own pins at
         # start-up; the engine env is pinned and tested by qwenrecipes, so that check only blocks runs.
-        env = {"DISABLE_VERSION_CHECK": "1", "DO_NOT_TRACK": "1"}
+        own = {"DISABLE_VERSION_CHECK": "1"}
         gpus = plan.recipe.distributed["gpus"]
         if gpus > 1 and plan.recipe.distributed["strategy"] != "fsdp":
             # Explicit torchrun with the recipe's GPU count (LF would otherwise take every visible GPU).
-            env.update({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(gpus), "NNODES": "1"})
-        env.update(offline_environment(plan))
-        if plan.recipe.output["report_to"] != "wandb":
-            env["WANDB_MODE"] = "disabled"
-        return env
+            own.update({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(gpus), "NNODES": "1"})
+        return engine_environment(plan, own)
 
     # ---------------------------------------------------------------------------------- effective
     def effective(self, files: dict[str, str]) -> dict[str, Any]:

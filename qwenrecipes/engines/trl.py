@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from qwenrecipes import concepts
-from qwenrecipes.engines.base import CHATML_TEMPLATE, header_context, offline_environment, render_template
+from qwenrecipes.engines.base import CHATML_TEMPLATE, engine_environment, header_context, render_template
 from qwenrecipes.plan import Plan
 
 TRL_VERSION = "1.9.0"
@@ -250,10 +250,10 @@ class TrlEngine:
         return ["python", *tail]
 
     def environment(self, plan: Plan) -> dict[str, str]:
-        env = {"WANDB_MODE": "disabled" if plan.recipe.output["report_to"] != "wandb" else "online",
-               "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
-        env.update(offline_environment(plan))
-        return env
+        own = {"TOKENIZERS_PARALLELISM": "false"}
+        if plan.recipe.output["report_to"] == "wandb":
+            own["WANDB_MODE"] = "online"
+        return engine_environment(plan, own)
 
     def effective(self, files: dict[str, str]) -> dict[str, Any]:
         loaded = yaml.safe_load(files[CONFIG_FILE]) or {}

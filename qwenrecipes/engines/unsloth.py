@@ -15,7 +15,8 @@ Checked against the unsloth 2026.10.9 / unsloth_zoo 2026.10.9 sources (trl 1.15,
   newline after <|im_end|> stay masked.
 - Auto padding-free batching only applies when `padding_free` is None (unsloth/trainer.py); the script sets
   it explicitly and also exports UNSLOTH_DISABLE_AUTO_PADDING_FREE=1.
-- The statistics download is skipped when UNSLOTH_DISABLE_STATISTICS is set (models/_utils.py).
+- The statistics download is skipped when UNSLOTH_DISABLE_STATISTICS is set (models/_utils.py; base.TELEMETRY_OFF
+  sets it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import ast
 from typing import Any
 
 from qwenrecipes import concepts
-from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN, header_context, offline_environment, render_template
+from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN, engine_environment, header_context, render_template
 from qwenrecipes.plan import Plan
 
 UNSLOTH_VERSION = "2026.10.9"
@@ -178,16 +179,10 @@ class UnslothEngine:
         return ["python", SCRIPT_FILE, *resume]
 
     def environment(self, plan: Plan) -> dict[str, str]:
-        env = {
-            "UNSLOTH_DISABLE_STATISTICS": "1",  # else a README download from HF on every load
-            "UNSLOTH_DISABLE_AUTO_PADDING_FREE": "1",
-            "WANDB_MODE": "disabled" if plan.recipe.output["report_to"] != "wandb" else "online",
-            "TOKENIZERS_PARALLELISM": "false",
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "DO_NOT_TRACK": "1",
-        }
-        env.update(offline_environment(plan))
-        return env
+        own = {"UNSLOTH_DISABLE_AUTO_PADDING_FREE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if plan.recipe.output["report_to"] == "wandb":
+            own["WANDB_MODE"] = "online"
+        return engine_environment(plan, own)
 
     def effective(self, files: dict[str, str]) -> dict[str, Any]:
         parsed = read_script(files[SCRIPT_FILE])

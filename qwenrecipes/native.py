@@ -27,11 +27,12 @@ NATIVE_TIMEOUT_S = 300
 SNIPPETS: dict[str, str] = {
     "axolotl": """
 import json, yaml
-from axolotl.utils.config import validate_config
+from axolotl.integrations.config import merge_input_args
+from axolotl.utils.config import prepare_plugins, validate_config
 from axolotl.utils.dict import DictDefault
-from axolotl.utils.schemas.config import AxolotlInputConfig
 raw = yaml.safe_load(open("axolotl.yaml"))
-fields = AxolotlInputConfig.model_fields
+prepare_plugins(DictDefault(raw))  # plugins (e.g. Liger) add their own keys to the schema, as in `axolotl train`
+fields = merge_input_args()[1].model_fields
 known = set(fields) | {f.alias for f in fields.values() if f.alias}
 unknown = sorted(set(raw) - known)  # validate_config accepts unknown keys silently
 try:

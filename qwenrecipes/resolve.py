@@ -7,6 +7,7 @@ a micro-batch that does not fit is split and gradient accumulation grows by the 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -39,7 +40,7 @@ def _divisors_below(n: int) -> list[int]:
     return [d for d in range(n - 1, 0, -1) if n % d == 0]
 
 
-def estimator_for(plan: Plan, engine: str, dims: memory.ModelDims, liger: bool) -> Any:
+def estimator_for(plan: Plan, engine: str, dims: memory.ModelDims, liger: bool) -> Callable[[int, bool], float]:
     """estimate(micro_batch, gradient_checkpointing) -> GiB for this plan and engine."""
     recipe = plan.recipe
     kernels = False

@@ -641,8 +641,8 @@ def prepare_point(recipe_path: Path, engine: str, label: str, out_dir: Path, *, 
     tokens, supervised = step_token_counts(stream, per_step, steps)
     fairness = list(FAIRNESS_COMMON)
     try:
-        rendered = render_plan(plan, engine)
-        write_rendered(plan, rendered, run_dir)
+        rendered = render_plan(resolved, engine)  # resolved once: render_plan keeps an already resolved plan
+        write_rendered(resolved, rendered, run_dir)
         if config_patches:
             patch_main_config(run_dir, engine, config_patches)
             info["config_patches"] = config_patches

@@ -17,7 +17,6 @@ from qwenrecipes.plan import Plan
 
 # Engines whose rendered config can switch Liger on. Unsloth patches the same ops with its own fused kernels.
 LIGER_ENGINES = ("trl", "llamafactory", "axolotl")
-MEMORY_KEYS = ("gradient_checkpointing", "liger_kernel", "micro_batch_size", "gradient_accumulation_steps")
 
 
 def _liger(plan: Plan, engine: str) -> tuple[bool, str]:

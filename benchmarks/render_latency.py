@@ -43,8 +43,8 @@ TARGET_S = 0.15
 IN_PROCESS = """
 import json, statistics, sys, time
 start = time.perf_counter()
-from qwenrecipes.plan import plan_recipe
-from qwenrecipes.render import render_plan
+from qwenrecipes.recipe.plan import plan_recipe
+from qwenrecipes.render.folder import render_plan
 imported = time.perf_counter()
 recipe, engine, repeat = sys.argv[1], sys.argv[2], int(sys.argv[3])
 render_plan(plan_recipe(recipe, target="cuda"), engine)

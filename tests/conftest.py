@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from qwenrecipes.cli import main
-from qwenrecipes.plan import Plan, make_plan
-from qwenrecipes.recipe import build_recipe, load_recipe_document
-from qwenrecipes.resolve import resolve_for_engine
+from qwenrecipes.recipe.load import build_recipe, load_recipe_document
+from qwenrecipes.recipe.plan import Plan, make_plan
+from qwenrecipes.recipe.resolve import resolve_for_engine
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"

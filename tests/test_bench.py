@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from qwenrecipes import bench
-from qwenrecipes.bench import (
+from qwenrecipes.bench import core as bench
+from qwenrecipes.bench.core import (
     BenchOptions,
     Launcher,
     ModelDims,
@@ -74,7 +74,7 @@ def test_parse_overrides() -> None:
 
 def test_ceiling_matches_the_issue() -> None:
     """790 TFLOP/s over Qwen3-4B's FLOPs per token: ~43.6k tok/s LoRA without checkpointing, ~30.3k with."""
-    from qwenrecipes.tiny import QWEN3_PRESETS, qwen3_config
+    from qwenrecipes.data.tiny import QWEN3_PRESETS, qwen3_config
 
     dims = ModelDims.from_config(qwen3_config(QWEN3_PRESETS["qwen3-4b"], dtype="bfloat16"))
     assert 42_000 < ceiling_tokens_per_s(dims, 2048, "lora", False) < 46_000
@@ -135,7 +135,7 @@ def test_unknown_engine_is_refused(tmp_path: Path) -> None:
 
 
 def _trl_env_installed() -> bool:
-    from qwenrecipes import envs
+    from qwenrecipes.run import envs
 
     try:
         envs.env_for("trl")
@@ -151,7 +151,7 @@ def test_bench_tiny_trl_cpu(tmp_path: Path) -> None:
     """The real harness on the real TRL engine, tiny model, CPU: the CI proof that `bench` works end to end."""
     from click.testing import CliRunner
 
-    from qwenrecipes.cli_bench import bench as bench_command
+    from qwenrecipes.cli.bench import bench as bench_command
 
     out = tmp_path / "bench"
     result = CliRunner().invoke(bench_command, [str(TINY_RECIPE), "--engines", "trl", "--steps", "8", "--warmup",

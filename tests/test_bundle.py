@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qwenrecipes import bundle
+from qwenrecipes.bench import bundle
 from qwenrecipes.errors import QwenRecipesError
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qwenrecipes import check as checkmod
-from qwenrecipes.check import (
+from qwenrecipes.check import tokens as checkmod
+from qwenrecipes.check.tokens import (
     IGNORE,
     Sample,
     Tokens,
@@ -20,9 +20,9 @@ from qwenrecipes.check import (
     describe_difference,
     reference_tokens,
 )
-from qwenrecipes.cli_check import check, compare
-from qwenrecipes.plan import plan_recipe
-from qwenrecipes.tokenizer_files import load_qwen3_tokenizer
+from qwenrecipes.cli.check import check, compare
+from qwenrecipes.data.tokenizer_files import load_qwen3_tokenizer
+from qwenrecipes.recipe.plan import plan_recipe
 from tests.conftest import EXAMPLE_RECIPES, RECIPES, target_for
 
 TINY = RECIPES / "tiny-cpu.yaml"
@@ -180,7 +180,7 @@ def _fake_engine(monkeypatch: pytest.MonkeyPatch, make_labels: str) -> None:
         return out
 
     monkeypatch.setattr(checkmod, "run_engine", fake)
-    monkeypatch.setattr("qwenrecipes.envs.env_for", lambda engine: None)
+    monkeypatch.setattr("qwenrecipes.run.envs.env_for", lambda engine: None)
 
 
 def test_cli_check_passes_when_every_engine_matches(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -216,7 +216,7 @@ def test_named_engine_without_env_is_an_error_default_list_skips_it(monkeypatch:
     def missing(engine: str) -> None:
         raise EngineError(f"the {engine} environment is not installed")
 
-    monkeypatch.setattr("qwenrecipes.envs.env_for", missing)
+    monkeypatch.setattr("qwenrecipes.run.envs.env_for", missing)
     plan = plan_recipe(TINY, target="cpu")
     named = check_recipe(plan, ["unsloth"], data_samples=0)
     assert not named.ok and named.engines[0].status == "error"
@@ -251,8 +251,8 @@ def test_compare_table_and_png(tmp_path: Path) -> None:
 
 
 def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
-    from qwenrecipes.compare import compare_runs
     from qwenrecipes.errors import QwenRecipesError
+    from qwenrecipes.run.compare import compare_runs
 
     with pytest.raises(QwenRecipesError, match="not a qwenrecipes run dir"):
         compare_runs([tmp_path])
@@ -262,8 +262,8 @@ def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
 
 
 def _require_env(engine: str) -> None:
-    from qwenrecipes import envs
     from qwenrecipes.errors import EngineError
+    from qwenrecipes.run import envs
 
     try:
         envs.env_for(engine)
@@ -301,7 +301,7 @@ def test_check_passes_on_shipped_recipe(recipe: Path, engine: str) -> None:
 def _misrender(monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
     """Train the user turns too, the way a hand-written config typically gets it wrong."""
     if engine == "axolotl":
-        from qwenrecipes.engines.axolotl import AxolotlEngine
+        from qwenrecipes.engines.axolotl.engine import AxolotlEngine
 
         original = AxolotlEngine.sections
 
@@ -316,7 +316,7 @@ def _misrender(monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
 
         monkeypatch.setattr(AxolotlEngine, "sections", axolotl_sections)
     elif engine == "llamafactory":
-        from qwenrecipes.engines.llamafactory import LlamaFactoryEngine
+        from qwenrecipes.engines.llamafactory.engine import LlamaFactoryEngine
 
         original_lf = LlamaFactoryEngine.sections
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from qwenrecipes.data import Conversation, apply_think_rule, canonical_conversations, chatml_text, drop_overlong
+from qwenrecipes.data.prepare import Conversation, apply_think_rule, canonical_conversations, chatml_text, drop_overlong
 from qwenrecipes.errors import RecipeError
-from qwenrecipes.recipe import DatasetRef
+from qwenrecipes.recipe.load import DatasetRef
 
 
 def ref(path: Path, fmt: str = "messages", fields: dict[str, str] | None = None) -> DatasetRef:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 
-from qwenrecipes.docs import BEGIN, END, recipe_reference_markdown
-from qwenrecipes.recipe import recipe_schema
+from qwenrecipes.recipe.docs import BEGIN, END, recipe_reference_markdown
+from qwenrecipes.recipe.load import recipe_schema
 from tests.conftest import REPO
 
 
 def test_readme_reference_is_current() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     block = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
-    assert block == recipe_reference_markdown(), "run `python -m qwenrecipes.docs` to regenerate"
+    assert block == recipe_reference_markdown(), "run `python -m qwenrecipes.recipe.docs` to regenerate"
 
 
 def test_every_leaf_field_is_documented_with_default() -> None:

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import yaml
 
-from qwenrecipes.concepts import CONCEPTS, LOSS_MASK_ASSISTANT, THINK_INLINE, TRUNCATION_NONE
-from qwenrecipes.engines.axolotl import ENGINE, LORA_KERNELS
+from qwenrecipes.engines.axolotl.engine import ENGINE, LORA_KERNELS
 from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
-from qwenrecipes.plan import Plan, plan_recipe
-from qwenrecipes.recipe import ALL_LINEAR
+from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ASSISTANT, THINK_INLINE, TRUNCATION_NONE
+from qwenrecipes.recipe.load import ALL_LINEAR
+from qwenrecipes.recipe.plan import Plan, plan_recipe
 from tests.conftest import TINY, render_resolved, tiny_plan
 
 

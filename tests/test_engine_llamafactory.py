@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from qwenrecipes.concepts import CONCEPTS, LOSS_MASK_ALL, THINK_INLINE, TRUNCATION_NONE
-from qwenrecipes.engines.llamafactory import ENGINE, LOSS_MASK_LF
-from qwenrecipes.plan import Plan, plan_recipe
-from qwenrecipes.recipe import ALL_LINEAR
+from qwenrecipes.engines.llamafactory.engine import ENGINE, LOSS_MASK_LF
+from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ALL, THINK_INLINE, TRUNCATION_NONE
+from qwenrecipes.recipe.load import ALL_LINEAR
+from qwenrecipes.recipe.plan import Plan, plan_recipe
 from tests.conftest import TINY, render_resolved, tiny_plan
 
 

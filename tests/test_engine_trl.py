@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 import yaml
 
-from qwenrecipes.concepts import CONCEPTS, LOSS_MASK_ALL, LOSS_MASK_ASSISTANT, THINK_INLINE, TRUNCATION_NONE
 from qwenrecipes.engines.base import CHATML_TEMPLATE
 from qwenrecipes.engines.trl import ENGINE
-from qwenrecipes.plan import Plan, plan_recipe
+from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ALL, LOSS_MASK_ASSISTANT, THINK_INLINE, TRUNCATION_NONE
+from qwenrecipes.recipe.plan import Plan, plan_recipe
 from tests.conftest import TINY, cuda_plan, render_resolved
 
 # The TrlParser dataclass fields of trl 1.9.0 we may write (ScriptArguments, SFTConfig/TrainingArguments,

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from qwenrecipes.concepts import CONCEPTS, LOSS_MASK_ALL, LOSS_MASK_ASSISTANT, THINK_INLINE
 from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
-from qwenrecipes.engines.unsloth import ENGINE, SCRIPT_FILE, read_script
-from qwenrecipes.plan import Plan, plan_recipe
+from qwenrecipes.engines.unsloth.engine import ENGINE, SCRIPT_FILE, read_script
+from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ALL, LOSS_MASK_ASSISTANT, THINK_INLINE
+from qwenrecipes.recipe.plan import Plan, plan_recipe
 from tests.conftest import TINY, cuda_plan, render_resolved
 
 HOSTILE = "x'\"\n{{ y }}{% if 1 %}'''\"\"\"\\n__import__('os').system('echo pwned')#"

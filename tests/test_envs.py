@@ -1,4 +1,4 @@
-"""Per-engine virtualenvs (qwenrecipes.envs, cli_env).
+"""Per-engine virtualenvs (qwenrecipes.run.envs, cli_env).
 
 The unit tests are fast and offline: they use fake lock files and fake env folders. The one test that
 runs pip points it at an empty local wheel folder with no index, so it fails in a second without network.
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qwenrecipes import envs
-from qwenrecipes.cli_env import env as env_cli
+from qwenrecipes.cli.env import env as env_cli
 from qwenrecipes.errors import EngineError, QwenRecipesError
+from qwenrecipes.run import envs
 
 PY_MINOR = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -43,7 +43,7 @@ def fake_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder.mkdir()
     for engine in envs.ENGINE_PACKAGES:
         (folder / f"{engine}.txt").write_text(FAKE_LOCK, encoding="utf-8")
-    monkeypatch.setattr(envs, "_locks_dir", lambda: folder)
+    monkeypatch.setattr(envs, "_lock_resource", lambda engine: folder / f"{engine}.txt")
     return folder
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from qwenrecipes import doctor
-from qwenrecipes.events import (
+from qwenrecipes.run import doctor
+from qwenrecipes.run.events import (
     Normalizer,
     iter_log_lines,
     make_event,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from qwenrecipes.concepts import CONCEPTS
 from qwenrecipes.engines import ENGINES
-from qwenrecipes.explain import explain_plan
-from qwenrecipes.plan import plan_recipe
+from qwenrecipes.recipe.concepts import CONCEPTS
+from qwenrecipes.recipe.plan import plan_recipe
+from qwenrecipes.render.explain import explain_plan
 from tests.conftest import EXAMPLE_RECIPES, target_for
 
 

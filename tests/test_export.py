@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from qwenrecipes import export
+from qwenrecipes.data.tiny import ENDOFTEXT_ID, IM_END_ID, TINY_QWEN3_REF, resolve_builtin_model
+from qwenrecipes.data.tokenizer_files import TOKENIZER_FILES
 from qwenrecipes.errors import QwenRecipesError
-from qwenrecipes.tiny import ENDOFTEXT_ID, IM_END_ID, TINY_QWEN3_REF, resolve_builtin_model
-from qwenrecipes.tokenizer_files import TOKENIZER_FILES
+from qwenrecipes.export import core as export
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -305,7 +305,7 @@ def _tools_or_skip() -> export.Tools:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real run dir: `qwenrecipes run` trains the tiny Qwen3 a few steps with TRL (train -> merge -> ...)."""
     _tools_or_skip()
-    from qwenrecipes.envs import env_for
+    from qwenrecipes.run.envs import env_for
 
     try:
         env_for("trl")

@@ -16,8 +16,8 @@ import yaml
 
 from qwenrecipes.engines import ENGINES
 from qwenrecipes.paths import qwenrecipes_home
-from qwenrecipes.plan import plan_recipe
-from qwenrecipes.render import render_plan
+from qwenrecipes.recipe.plan import plan_recipe
+from qwenrecipes.render.folder import render_plan
 from tests.conftest import EXAMPLE_RECIPES, REPO, UPDATE_GOLDEN, target_for
 
 GOLDEN = REPO / "tests" / "golden"

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 import yaml
 
-from qwenrecipes import doctor, envs
 from qwenrecipes.engines import ENGINES
 from qwenrecipes.errors import QwenRecipesError, RecipeError
-from qwenrecipes.plan import make_plan
-from qwenrecipes.recipe import MAX_RECIPE_BYTES, build_recipe, load_recipe_document
-from qwenrecipes.render import Rendered, render_plan, write_rendered
-from qwenrecipes.runner import (
+from qwenrecipes.recipe.load import MAX_RECIPE_BYTES, build_recipe, load_recipe_document
+from qwenrecipes.recipe.plan import make_plan
+from qwenrecipes.render.folder import Rendered, render_plan, write_rendered
+from qwenrecipes.run import doctor, envs
+from qwenrecipes.run.runner import (
     EVENTS_FILE,
     LOG_FILE,
     MARKER_FILE,
@@ -543,7 +543,7 @@ def test_wandb_only_when_the_recipe_opts_in(tmp_path: Path, data_file: Path, eng
 
 def test_run_environment_drops_foreign_python_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     """PYTHONPATH/PYTHONHOME meant for our interpreter would let a stray sitecustomize run in the engine."""
-    from qwenrecipes.envs import EngineEnv
+    from qwenrecipes.run.envs import EngineEnv
 
     monkeypatch.setenv("PYTHONPATH", "/somewhere/evil")
     monkeypatch.setenv("PYTHONHOME", "/somewhere/else")

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 import yaml
 
-from qwenrecipes import memory
 from qwenrecipes.engines import ENGINES
 from qwenrecipes.errors import RecipeError
-from qwenrecipes.memory import KNOWN_DIMS, estimate_peak_gib, fits, known_dims, model_dims
-from qwenrecipes.plan import Plan, make_plan
-from qwenrecipes.recipe import build_recipe
-from qwenrecipes.render import render_plan
-from qwenrecipes.resolve import resolve_for_engine
+from qwenrecipes.recipe import memory
+from qwenrecipes.recipe.load import build_recipe
+from qwenrecipes.recipe.memory import KNOWN_DIMS, estimate_peak_gib, fits, known_dims, model_dims
+from qwenrecipes.recipe.plan import Plan, make_plan
+from qwenrecipes.recipe.resolve import resolve_for_engine
+from qwenrecipes.render.folder import render_plan
 from tests.conftest import RECIPES
 
 QWEN3_4B = KNOWN_DIMS["qwen3-4b"]
@@ -99,7 +99,7 @@ def test_known_dims_match_the_hub_ids() -> None:
 
 
 def test_local_and_builtin_models_read_config_json(tmp_path: Path) -> None:
-    from qwenrecipes.tiny import QWEN3_PRESETS, qwen3_config, resolve_builtin_model
+    from qwenrecipes.data.tiny import QWEN3_PRESETS, qwen3_config, resolve_builtin_model
 
     (tmp_path / "config.json").write_text(json.dumps(qwen3_config(QWEN3_PRESETS["qwen3-8b"], dtype="bfloat16")))
     assert model_dims(str(tmp_path)) == KNOWN_DIMS["qwen3-8b"]

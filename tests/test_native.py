@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from qwenrecipes.check.native import native_validate
 from qwenrecipes.engines import ENGINES
 from qwenrecipes.errors import RecipeError
-from qwenrecipes.native import native_validate
-from qwenrecipes.plan import Plan, plan_recipe
+from qwenrecipes.recipe.plan import Plan, plan_recipe
 from tests.conftest import RECIPES
 
 
 def _installed(engine: str) -> bool:
-    from qwenrecipes.envs import env_for
+    from qwenrecipes.run.envs import env_for
 
     try:
         env_for(engine)

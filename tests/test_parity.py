@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qwenrecipes.compare import CompareRow, compare_runs, relative_spread
+from qwenrecipes.run.compare import CompareRow, compare_runs, relative_spread
 
 pytestmark = pytest.mark.engine
 
@@ -28,8 +28,8 @@ RUN_TIMEOUT_S = 1800.0  # one engine on a 2-core machine shared with other jobs
 
 
 def _available() -> tuple[list[str], dict[str, str]]:
-    from qwenrecipes import envs
     from qwenrecipes.errors import EngineError
+    from qwenrecipes.run import envs
 
     found, missing = [], {}
     for engine in ENGINES:
@@ -92,7 +92,7 @@ def test_every_step_agrees_within_the_final_tolerance(rows: list[CompareRow]) ->
 
 
 def test_compare_renders_table_and_png(parity_runs: dict[str, Path], tmp_path: Path) -> None:
-    from qwenrecipes.cli_check import compare
+    from qwenrecipes.cli.check import compare
 
     png = tmp_path / "compare.png"
     runs = [str(p) for p in parity_runs.values()]

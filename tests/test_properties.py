@@ -33,9 +33,9 @@ from hypothesis import strategies as st
 
 from qwenrecipes.engines import ENGINES
 from qwenrecipes.errors import RecipeError
-from qwenrecipes.plan import TRAIN_FILE, make_plan
-from qwenrecipes.recipe import build_recipe, recipe_schema
-from qwenrecipes.render import COMMAND_FILE, RESOLVED_RECIPE, render_plan, write_rendered
+from qwenrecipes.recipe.load import build_recipe, recipe_schema
+from qwenrecipes.recipe.plan import TRAIN_FILE, make_plan
+from qwenrecipes.render.folder import COMMAND_FILE, RESOLVED_RECIPE, render_plan, write_rendered
 
 ENGINE_NAMES = list(ENGINES)
 EXAMPLES_PER_ENGINE = 500

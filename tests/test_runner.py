@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from qwenrecipes.errors import QwenRecipesError
-from qwenrecipes.events import read_events
-from qwenrecipes.runner import (
+from qwenrecipes.run.events import read_events
+from qwenrecipes.run.runner import (
     EVENTS_FILE,
     LOG_FILE,
     MARKER_FILE,
@@ -217,8 +217,8 @@ def _cli(*args: str) -> list[str]:
 
 
 def _require_env(engine: str) -> None:
-    from qwenrecipes import envs
     from qwenrecipes.errors import EngineError
+    from qwenrecipes.run import envs
 
     try:
         envs.env_for(engine)

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from qwenrecipes import synthdata
+from qwenrecipes.data import synthetic as synthdata
+from qwenrecipes.data.tokenizer_files import load_qwen3_tokenizer
 from qwenrecipes.errors import QwenRecipesError
-from qwenrecipes.tokenizer_files import load_qwen3_tokenizer
 
 DATA = Path(__file__).resolve().parents[1] / "recipes" / "data"
 

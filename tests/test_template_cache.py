@@ -10,8 +10,8 @@ import jinja2
 import pytest
 
 from qwenrecipes.engines import base
-from qwenrecipes.plan import plan_recipe
-from qwenrecipes.render import render_plan
+from qwenrecipes.recipe.plan import plan_recipe
+from qwenrecipes.render.folder import render_plan
 from tests.conftest import RECIPES
 
 RECIPE = RECIPES / "qwen3-4b-qlora.yaml"

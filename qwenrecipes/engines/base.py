@@ -18,7 +18,7 @@ import jinja2
 import yaml
 
 from qwenrecipes.paths import qwenrecipes_home
-from qwenrecipes.plan import Plan
+from qwenrecipes.recipe.plan import Plan
 from qwenrecipes.resources import resource
 
 # The plain ChatML template every engine is pinned to. Think blocks are already in the text (data.py),

@@ -1,0 +1,536 @@
+"""`qwenrecipes check`: prove that every engine tokenizes and masks exactly what qwenrecipes says it trains.
+
+For a recipe, sample conversations (rows of its prepared data plus built-in hard cases, all through
+qwenrecipes' own data path so the think rule applies) are written into a render folder of each engine, and
+that engine's own preprocessing runs inside its own env (``engines/<engine>/check_tokens.py``, named so that
+the script's folder on sys.path never shadows the engine package). Its input ids and labels are compared
+with one reference: the Qwen3 tokenizer (``tokenizers``) on ``chatml_text`` with the canonical loss mask:
+
+- ``train_on: assistant``: a token is trained when it overlaps the assistant content or the ``<|im_end|>``
+  that closes it; the ``<|im_start|>assistant\\n`` header, system and user turns and the ``\\n`` after each
+  ``<|im_end|>`` are masked (-100). "Overlaps" is the rule transformers' ``{% generation %}`` masks use.
+- ``train_on: all``: every token is trained.
+
+A difference the engine makes impossible to remove (``RESIDUALS``) is reported as a known residual, not a
+failure: the engine's labels must then equal the reference with exactly that documented change applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.resources import as_file, files
+from pathlib import Path
+from typing import Any, Literal
+
+from qwenrecipes.data import prepare as datamod
+from qwenrecipes.errors import EngineError, QwenRecipesError
+from qwenrecipes.recipe.plan import EVAL_FILE, TRAIN_FILE, Plan
+
+IGNORE = -100
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+CHECK_ENGINES = ("axolotl", "llamafactory", "trl", "unsloth")
+DEFAULT_SAMPLES = 3
+# Engine imports alone take 10-60 s on a busy 2-core machine; tokenizing a dozen rows is nothing next to it.
+ENGINE_TIMEOUT_S = 900.0
+OUTPUT_FILE = "check_result.json"
+CONTEXT_TOKENS = 6  # tokens shown on each side of the first divergence
+
+Status = Literal["equal", "residual", "mismatch", "error", "skipped"]
+
+
+# ---------------------------------------------------------------------------------------------- samples
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One conversation as every engine receives it (think rule already applied)."""
+
+    name: str
+    source: str  # "data" (a row of the recipe's prepared data) or "builtin" (a hard case)
+    messages: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Tokens:
+    input_ids: list[int]
+    labels: list[int]
+
+    def to_json(self) -> dict[str, list[int]]:
+        return {"input_ids": self.input_ids, "labels": self.labels}
+
+
+def _raw_hard_cases(chat_template: str) -> list[tuple[str, list[dict[str, str]]]]:
+    """Conversations before the think rule. Reasoning cases only for `qwen3`: with `qwen3_nothink` the recipe
+    rejects data that carries reasoning, so no engine would ever see them."""
+    cases: list[tuple[str, list[dict[str, str]]]] = [
+        ("system_prompt", [
+            {"role": "system", "content": "You are a terse assistant. Answer in one sentence."},
+            {"role": "user", "content": "What is the boiling point of water at sea level?"},
+            {"role": "assistant", "content": "100 °C (212 °F)."}]),
+        ("multi_turn", [
+            {"role": "user", "content": "Name a prime number."},
+            {"role": "assistant", "content": "7 is prime."},
+            {"role": "user", "content": "And an even one?"},
+            {"role": "assistant", "content": "2 is the only even prime."},
+            {"role": "user", "content": "Thanks!\n\nOne more: the next prime after 7?"},
+            {"role": "assistant", "content": "11.\n"}]),
+        ("empty_assistant_turn", [
+            {"role": "user", "content": "Say nothing."},
+            {"role": "assistant", "content": ""},
+            {"role": "user", "content": "Now say ok."},
+            {"role": "assistant", "content": "ok"}]),
+        ("unicode", [
+            {"role": "system", "content": "Réponds en français 🇫🇷."},
+            {"role": "user",
+             "content": "翻译：「你好，世界」 and 👩‍👩‍👧‍👦 — שלום, مرحبا, zero\u200bwidth, nbsp\u00a0here"},
+            {"role": "assistant",
+             "content": "« Bonjour, le monde » 🌍✨ — 你好 means hello; 👩‍👩‍👧‍👦 is a family.\t\u00e9\u0301"}]),
+    ]
+    if chat_template == "qwen3":
+        cases += [
+            ("reasoning_content", [
+                {"role": "user", "content": "What is 17 * 3?"},
+                {"role": "assistant", "content": "51.", "reasoning_content": "17 * 3 = 51."},
+                {"role": "user", "content": "And 17 * 4?"},
+                {"role": "assistant", "content": "68.", "reasoning_content": "\n51 + 17 = 68.\n"}]),
+            ("inline_think", [
+                {"role": "user", "content": "Is 91 prime?"},
+                {"role": "assistant", "content": "<think>\n91 = 7 * 13.\n</think>\n\nNo, 91 = 7 × 13."}]),
+        ]
+    return cases
+
+
+def _prepare(messages: list[dict[str, str]], chat_template: str) -> list[dict[str, str]]:
+    """qwenrecipes' own data path for one conversation: the think rule, as make_plan applies it."""
+    return datamod.apply_think_rule(datamod.Conversation(messages), chat_template)
+
+
+def _long_case(chat_template: str, max_tokens: int) -> list[dict[str, str]]:
+    """A conversation of exactly max_tokens tokens (the longest row qwenrecipes keeps), mostly one assistant turn."""
+    tokenizer = _tokenizer()
+
+    def build(units: int) -> list[dict[str, str]]:
+        filler = " ".join(f"w{i % 97}" for i in range(units))
+        return _prepare([{"role": "user", "content": "Write a long answer."},
+                         {"role": "assistant", "content": f"Long answer: {filler}"}], chat_template)
+
+    def length(units: int) -> int:
+        return len(tokenizer.encode(datamod.chatml_text(build(units)), add_special_tokens=False).ids)
+
+    low, high = 0, max_tokens  # every unit adds at least one token: length(max_tokens) > max_tokens
+    if length(0) > max_tokens:
+        raise QwenRecipesError(f"max_seq_length={max_tokens} is shorter than the smallest conversation")
+    while high - low > 1:  # largest unit count that still fits
+        middle = (low + high) // 2
+        if length(middle) <= max_tokens:
+            low = middle
+        else:
+            high = middle
+    messages = build(low)
+    # Top up with single-token characters to land exactly on max_tokens.
+    while True:
+        bumped = [*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + "."}]
+        if len(tokenizer.encode(datamod.chatml_text(bumped), add_special_tokens=False).ids) > max_tokens:
+            return messages
+        messages = bumped
+
+
+def build_samples(plan: Plan, *, data_samples: int = DEFAULT_SAMPLES) -> list[Sample]:
+    """Rows of the recipe's prepared data (evenly spread) plus the hard cases, all as engines receive them."""
+    template = plan.recipe.model["chat_template"]
+    samples: list[Sample] = []
+    rows = plan.train_rows or []
+    count = min(data_samples, len(rows))
+    for k in range(count):
+        index = k * len(rows) // count
+        samples.append(Sample(f"data_row_{index + 1}", "data", rows[index]))
+    for name, messages in _raw_hard_cases(template):
+        samples.append(Sample(name, "builtin", _prepare(messages, template)))
+    samples.append(Sample("long_turn", "builtin", _long_case(template, plan.recipe.data["max_seq_length"])))
+    return samples
+
+
+# -------------------------------------------------------------------------------------------- reference
+
+
+def _tokenizer() -> Any:
+    from qwenrecipes.data.tokenizer_files import load_qwen3_tokenizer
+
+    return load_qwen3_tokenizer()
+
+
+def trained_char_spans(messages: Sequence[Mapping[str, str]]) -> list[tuple[int, int]]:
+    """Character ranges of chatml_text(messages) that the canonical rule trains: content + <|im_end|> of
+    every assistant turn."""
+    spans, position = [], 0
+    for message in messages:
+        start = position + len(f"{IM_START}{message['role']}\n")
+        end = start + len(message["content"]) + len(IM_END)
+        if message["role"] == "assistant":
+            spans.append((start, end))
+        position = end + 1  # the "\n" after <|im_end|>
+    return spans
+
+
+def reference_tokens(messages: Sequence[Mapping[str, str]], train_on: str) -> Tokens:
+    """The one reference: Qwen3 tokenizer on chatml_text, labels by the canonical rule (module doc)."""
+    encoding = _tokenizer().encode(datamod.chatml_text(messages), add_special_tokens=False)
+    ids = list(encoding.ids)
+    if train_on == "all":
+        return Tokens(ids, list(ids))
+    spans = trained_char_spans(messages)
+
+    def trained(start: int, end: int) -> bool:
+        return any(start < span_end and span_start < end for span_start, span_end in spans)
+
+    labels = [token if trained(start, end) else IGNORE
+              for token, (start, end) in zip(ids, encoding.offsets, strict=True)]
+    return Tokens(ids, labels)
+
+
+def _turn_spans(messages: Sequence[Mapping[str, str]]) -> list[tuple[int, int]]:
+    """Content + <|im_end|> of every turn, whatever the role (Axolotl's `train_on: all`)."""
+    spans, position = [], 0
+    for message in messages:
+        start = position + len(f"{IM_START}{message['role']}\n")
+        end = start + len(message["content"]) + len(IM_END)
+        spans.append((start, end))
+        position = end + 1
+    return spans
+
+
+def _labels_from_spans(messages: Sequence[Mapping[str, str]], spans: list[tuple[int, int]]) -> list[int]:
+    encoding = _tokenizer().encode(datamod.chatml_text(messages), add_special_tokens=False)
+    return [token if any(start < span_end and span_start < end for span_start, span_end in spans) else IGNORE
+            for token, (start, end) in zip(encoding.ids, encoding.offsets, strict=True)]
+
+
+# -------------------------------------------------------------------------------------------- residuals
+
+
+@dataclass(frozen=True)
+class Residual:
+    """A documented difference an engine makes impossible to remove: how it changes the reference labels."""
+
+    engine: str
+    name: str
+    description: str
+    train_on: str  # the recipe's train_on it applies to
+    apply: Callable[[Sequence[Mapping[str, str]], Tokens, list[int]], list[int]]  # (messages, reference, labels)
+
+
+def _lf_trailing_newline(messages: Sequence[Mapping[str, str]], reference: Tokens, labels: list[int]) -> list[int]:
+    """LF's assistant slot is `{{content}}<|im_end|>\\n`: the newline after each trained <|im_end|> is trained."""
+    tokenizer = _tokenizer()
+    im_end, newline = tokenizer.token_to_id(IM_END), tokenizer.token_to_id("Ċ")  # Ċ: byte-level "\\n"
+    out = list(labels)
+    for i in range(len(out) - 1):
+        if out[i] == im_end and reference.input_ids[i + 1] == newline:
+            out[i + 1] = newline
+    return out
+
+
+def _axolotl_headers_masked(messages: Sequence[Mapping[str, str]], reference: Tokens, labels: list[int]) -> list[int]:
+    """Axolotl's chat_template strategy trains every turn's content + <|im_end|> but never the role headers."""
+    return _labels_from_spans(messages, _turn_spans(messages))
+
+
+def _axolotl_empty_turn(messages: Sequence[Mapping[str, str]], reference: Tokens, labels: list[int]) -> list[int]:
+    """Axolotl finds a turn's span by diffing renders; an empty content has no span, so the turn is skipped and
+    its <|im_end|> (the only token the canonical rule trains there) stays masked."""
+    encoding = _tokenizer().encode(datamod.chatml_text(messages), add_special_tokens=False)
+    empty_ends = [(start, start + len(IM_END)) for (start, _end), message in zip(_turn_spans(messages), messages,
+                                                                                   strict=True)
+                  if message["content"] == ""]
+    return [IGNORE if any(s < e_end and e_start < e for e_start, e_end in empty_ends) else label
+            for label, (s, e) in zip(labels, encoding.offsets, strict=True)]
+
+
+RESIDUALS: tuple[Residual, ...] = (
+    Residual("llamafactory", "trailing_newline",
+             "LLaMA-Factory trains the \\n after each assistant <|im_end|> (its qwen3_nothink slot is "
+             "content<|im_end|>\\n; no flag removes it)", "assistant", _lf_trailing_newline),
+    Residual("axolotl", "empty_turn_masked",
+             "Axolotl skips an assistant turn whose content is empty (possible only with qwen3_nothink), so its "
+             "<|im_end|> is not trained; no flag changes it", "assistant", _axolotl_empty_turn),
+    Residual("axolotl", "headers_masked",
+             "Axolotl masks the <|im_start|>role\\n headers and the \\n between turns even with train_on_inputs "
+             "(its chat_template strategy has no every-token mode)", "all", _axolotl_headers_masked),
+    Residual("axolotl", "empty_turn_masked",
+             "Axolotl skips a turn whose content is empty, so its <|im_end|> is not trained", "all",
+             _axolotl_empty_turn),
+)
+
+
+def residuals_for(engine: str, train_on: str) -> list[Residual]:
+    return [r for r in RESIDUALS if r.engine == engine and r.train_on == train_on]
+
+
+# ------------------------------------------------------------------------------------------- comparison
+
+
+def _piece(token: int) -> str:
+    return repr(_tokenizer().decode([token], skip_special_tokens=False))
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Consecutive indices as inclusive (first, last) runs."""
+    runs: list[tuple[int, int]] = []
+    for index in indices:
+        if runs and index == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs
+
+
+def _window(ids: list[int], labels: list[int], centre: int) -> str:
+    start, end = max(0, centre - CONTEXT_TOKENS), min(len(ids), centre + CONTEXT_TOKENS + 1)
+    parts = [("+" if labels[i] != IGNORE else "·") + _piece(ids[i]) for i in range(start, end)]
+    return ("… " if start else "") + " ".join(parts) + (" …" if end < len(ids) else "")
+
+
+MAX_RUNS = 4
+
+
+def describe_difference(reference: Tokens, engine: Tokens) -> str:
+    """A readable diff: the first divergence with decoded tokens around it, and for labels which spans are
+    trained where the reference masks them and vice versa (+ trained, · masked)."""
+    lines: list[str] = []
+    if engine.input_ids != reference.input_ids:
+        first = next((i for i, (a, b) in enumerate(zip(reference.input_ids, engine.input_ids, strict=False))
+                      if a != b),
+                     min(len(reference.input_ids), len(engine.input_ids)))
+        lines.append(f"input_ids differ from token {first} (engine {len(engine.input_ids)} tokens, reference "
+                     f"{len(reference.input_ids)})")
+        lines.append(f"  reference: {_window(reference.input_ids, reference.labels, first)}")
+        lines.append(f"  engine:    {_window(engine.input_ids, engine.labels, first)}")
+        return "\n".join(lines)
+    if len(engine.labels) != len(engine.input_ids):
+        return f"engine returned {len(engine.labels)} labels for {len(engine.input_ids)} input ids"
+    # A label that is neither -100 nor the token itself would be a shifted or corrupted label.
+    wrong = [i for i, (token, label) in enumerate(zip(engine.input_ids, engine.labels, strict=True))
+             if label not in (IGNORE, token)]
+    if wrong:
+        lines.append(f"labels that are neither -100 nor the input token (shifted?) at tokens {wrong[:10]}")
+    tokenizer = _tokenizer()
+    pairs = list(zip(reference.labels, engine.labels, strict=True))
+    for title, picked in (
+        ("trained where it should be masked", [i for i, (r, e) in enumerate(pairs) if r == IGNORE and e != IGNORE]),
+        ("masked where it should be trained", [i for i, (r, e) in enumerate(pairs) if r != IGNORE and e == IGNORE]),
+    ):
+        runs = _runs(picked)
+        if not runs:
+            continue
+        lines.append(f"{title}: {len(picked)} tokens in {len(runs)} spans")
+        for first, last in runs[:MAX_RUNS]:
+            text = tokenizer.decode(reference.input_ids[first:last + 1], skip_special_tokens=False)
+            lines.append(f"  tokens {first}-{last}: {text!r}")
+        if len(runs) > MAX_RUNS:
+            lines.append(f"  ... and {len(runs) - MAX_RUNS} more spans")
+    first = next((i for i, (r, e) in enumerate(pairs) if r != e), 0)
+    lines.append(f"around token {first} (+ trained, · masked):")
+    lines.append(f"  reference: {_window(reference.input_ids, reference.labels, first)}")
+    lines.append(f"  engine:    {_window(engine.input_ids, engine.labels, first)}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """One engine on one sample."""
+
+    sample: str
+    status: Status
+    tokens: Tokens | None = None
+    residuals: list[str] = field(default_factory=list)
+    diff: str = ""
+
+
+def compare_tokens(engine: str, sample: Sample, reference: Tokens, tokens: Tokens, train_on: str) -> SampleResult:
+    if tokens.input_ids == reference.input_ids and tokens.labels == reference.labels:
+        return SampleResult(sample.name, "equal", tokens)
+    if tokens.input_ids == reference.input_ids:
+        # The engine's residuals applied together, each named only where it changed something.
+        expected, applied = list(reference.labels), []
+        for residual in residuals_for(engine, train_on):
+            changed = residual.apply(sample.messages, reference, expected)
+            if changed != expected:
+                applied.append(residual.name)
+            expected = changed
+        if applied and tokens.labels == expected:
+            return SampleResult(sample.name, "residual", tokens, applied, describe_difference(reference, tokens))
+    return SampleResult(sample.name, "mismatch", tokens, diff=describe_difference(reference, tokens))
+
+
+# ---------------------------------------------------------------------------------------------- engines
+
+
+@dataclass(frozen=True)
+class EngineReport:
+    engine: str
+    status: Literal["checked", "skipped", "error"]
+    reason: str = ""  # why skipped / what failed
+    results: list[SampleResult] = field(default_factory=list)
+    detail: str = ""  # the engine's traceback or output tail, on error
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "error" and all(r.status in ("equal", "residual") for r in self.results)
+
+
+def check_plan_for(plan: Plan) -> Plan:
+    """The plan whose render the engines preprocess: a hub model id is swapped for the bundled tiny Qwen3,
+    which carries the real Qwen3 tokenizer (one tokenizer for every Qwen3 size), so nothing is downloaded
+    and no multi-GB weights are needed to tokenize. A local model dir is kept: its own tokenizer counts."""
+    if Path(os.path.expanduser(plan.model_path)).is_dir():  # os.path's never raises for an unknown ~user
+        return plan
+    from qwenrecipes.data.tiny import TINY_QWEN3_REF, resolve_builtin_model
+
+    return dataclasses.replace(plan, model_path=str(resolve_builtin_model(TINY_QWEN3_REF)))
+
+
+def _script_output(engine: str, python: Path, folder: Path, environment: dict[str, str],
+                   timeout: float) -> dict[str, Any]:
+    out_file = folder / OUTPUT_FILE
+    resource = files("qwenrecipes").joinpath("engines", engine, "check_tokens.py")
+    with as_file(resource) as script:
+        try:
+            proc = subprocess.run([str(python), str(script), str(out_file)], cwd=folder, env=environment,
+                                  capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "error": f"{engine}'s preprocessing did not finish in {timeout:.0f} s"}
+    try:
+        result: dict[str, Any] = json.loads(out_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        return {"ok": False, "error": f"{engine}'s check script crashed (exit {proc.returncode})", "traceback": tail}
+    return result
+
+
+def run_engine(plan: Plan, engine: str, samples: Sequence[Sample], *, python: Path | None = None,
+               environment: Mapping[str, str] | None = None, timeout: float = ENGINE_TIMEOUT_S) -> list[Tokens]:
+    """Run `engine`'s own preprocessing, in its env, on the samples; their tokens in sample order.
+    Raises EngineError when the env is missing or the engine fails."""
+    from qwenrecipes.engines.base import HF_OFFLINE
+    from qwenrecipes.render.folder import render_plan, write_rendered
+
+    check_plan = check_plan_for(plan)
+    rendered = render_plan(check_plan, engine)
+    with tempfile.TemporaryDirectory(prefix=f"qwenrecipes-check-{engine}-") as tmp:
+        folder = Path(tmp)
+        write_rendered(check_plan, rendered, folder)
+        # The engine reads the samples where the render put the training data, through its own data config.
+        datamod.write_jsonl(folder / TRAIN_FILE, [s.messages for s in samples])
+        if (folder / EVAL_FILE).exists():
+            datamod.write_jsonl(folder / EVAL_FILE, [samples[0].messages])
+        if python is None:
+            from qwenrecipes.run.envs import env_for
+
+            engine_env = env_for(engine)
+            python = engine_env.python
+            env = engine_env.run_environment(rendered.environment)
+        else:
+            env = dict(environment or {})
+        env.update(HF_OFFLINE)  # everything is local (check_plan_for)
+        env.update({
+            # A private datasets cache so nothing stale is reused and nothing is left behind.
+            "HF_DATASETS_CACHE": str(folder / ".hf_datasets"), "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+        })
+        result = _script_output(engine, python, folder, env, timeout)
+    if not result.get("ok"):
+        raise EngineError(f"{engine}: {result.get('error')}\n{result.get('traceback', '')}".rstrip())
+    rows = result["rows"]
+    if len(rows) != len(samples):
+        raise EngineError(f"{engine} returned {len(rows)} rows for {len(samples)} samples (it dropped or added rows)")
+    return [Tokens([int(t) for t in r["input_ids"]], [int(t) for t in r["labels"]]) for r in rows]
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    recipe: str
+    chat_template: str
+    train_on: str
+    samples: list[Sample]
+    reference: list[Tokens]
+    engines: list[EngineReport]
+
+    @property
+    def ok(self) -> bool:
+        return all(e.ok for e in self.engines)
+
+    def to_json(self) -> dict[str, Any]:
+        """Per sample: the reference and every engine's input_ids/labels (-100 masked) with its verdict."""
+        by_engine = {e.engine: {r.sample: r for r in e.results} for e in self.engines}
+        samples = []
+        for sample, reference in zip(self.samples, self.reference, strict=True):
+            engines: dict[str, Any] = {}
+            for report in self.engines:
+                result = by_engine[report.engine].get(sample.name)
+                if result is None:
+                    engines[report.engine] = {"status": report.status, "reason": report.reason}
+                    continue
+                engines[report.engine] = {"status": result.status, "residuals": result.residuals,
+                                          "diff": result.diff or None,
+                                          **(result.tokens.to_json() if result.tokens else {})}
+            samples.append({"name": sample.name, "source": sample.source, "messages": sample.messages,
+                            "reference": reference.to_json(), "engines": engines})
+        return {
+            "recipe": self.recipe, "chat_template": self.chat_template, "train_on": self.train_on, "ok": self.ok,
+            "engines": {e.engine: {"status": e.status, "ok": e.ok, "reason": e.reason or None,
+                                   "detail": e.detail or None} for e in self.engines},
+            "residuals": {r.name: {"engine": r.engine, "train_on": r.train_on, "description": r.description}
+                          for r in RESIDUALS if r.train_on == self.train_on},
+            "samples": samples,
+        }
+
+
+def check_recipe(plan: Plan, engines: Sequence[str] | None = None, *, data_samples: int = DEFAULT_SAMPLES,
+                 pythons: Mapping[str, Path] | None = None,
+                 on_engine: Callable[[str], None] | None = None) -> CheckReport:
+    """Check every engine (default: all four) against the reference. An engine named in `engines` whose env
+    is missing is an error; with the default list it is skipped (reported, not a failure)."""
+    explicit = engines is not None
+    names = list(engines) if engines is not None else list(CHECK_ENGINES)
+    unknown = [n for n in names if n not in CHECK_ENGINES]
+    if unknown:
+        raise QwenRecipesError(f"unknown engine(s) {', '.join(unknown)}: choose from {', '.join(CHECK_ENGINES)}")
+    if plan.train_rows is None:
+        raise QwenRecipesError("check needs local training data (a hub dataset is not read by qwenrecipes)")
+    train_on = plan.recipe.data["train_on"]
+    samples = build_samples(plan, data_samples=data_samples)
+    reference = [reference_tokens(s.messages, train_on) for s in samples]
+    reports: list[EngineReport] = []
+    for engine in names:
+        if on_engine is not None:
+            on_engine(engine)
+        python = (pythons or {}).get(engine)
+        if python is None:
+            from qwenrecipes.run.envs import env_for
+
+            try:
+                env_for(engine)
+            except EngineError as exc:
+                status: Literal["skipped", "error"] = "error" if explicit else "skipped"
+                reports.append(EngineReport(engine, status, f"not checkable here: {exc}"))
+                continue
+        try:
+            tokens = run_engine(plan, engine, samples, python=python)
+        except EngineError as exc:
+            reason, _, detail = str(exc).partition("\n")
+            reports.append(EngineReport(engine, "error", reason, detail=detail))
+            continue
+        results = [compare_tokens(engine, s, ref, tok, train_on)
+                   for s, ref, tok in zip(samples, reference, tokens, strict=True)]
+        reports.append(EngineReport(engine, "checked", results=results))
+    return CheckReport(plan.recipe.name, plan.recipe.model["chat_template"], train_on, samples, reference, reports)

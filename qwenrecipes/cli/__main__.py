@@ -1,0 +1,3 @@
+from qwenrecipes.cli import main
+
+main()

@@ -1,0 +1,407 @@
+"""LLaMA-Factory 0.9.5 (transformers 5.6, peft 0.18, trl 0.24): ``llamafactory.yaml`` for
+``llamafactory-cli train``, the same arguments as ``llamafactory.args`` (one ``--key=value`` per line),
+``data/dataset_info.json`` and, for ZeRO strategies, ``deepspeed.json``.
+
+Template: ``qwen3_nothink`` is LF's plain ChatML (a plain ``Template``, not the ``ReasoningTemplate``), so
+it neither inserts nor strips ``<think>`` text: the think block qwenrecipes wrote into the content passes
+through untouched. It has no default system prompt (unlike ``qwen``).
+
+Residual differences this render cannot remove (reported by ``effective()`` and ``notes``):
+- Loss mask: LF's assistant slot is ``{{content}}<|im_end|>\\n``, so the newline after ``<|im_end|>`` is
+  trained too (canonical: content + ``<|im_end|>``). ``train_on: all`` (``train_on_prompt``) trains
+  every token, headers included.
+- Weights dtype: LF derives it from the precision flags (bf16/fp16); for fp32 training it infers bf16/fp16
+  from the checkpoint on a GPU (fp32 only on CPU). Trainable parameters are upcast to fp32 (PEFT does the
+  same for LoRA in the other engines; for full fine-tuning the others keep them in the half dtype).
+- The tokenizer LF saves with the adapter keeps the checkpoint's own chat template (official Qwen3), not
+  the plain ChatML it trained with (qwen3_nothink does not replace the Jinja template); Axolotl saves the
+  pinned one.
+- ``overwrite_output_dir: true`` only stops the silent auto-resume; old checkpoints in ``output_dir`` are
+  not deleted (the runner refuses a non-empty folder).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+import yaml
+
+from qwenrecipes.engines.axolotl.engine import DEEPSPEED_FILE, deepspeed_config
+from qwenrecipes.engines.base import engine_environment, header_context, render_template
+from qwenrecipes.recipe import concepts
+from qwenrecipes.recipe.plan import Plan
+
+MAIN_FILE = "llamafactory.yaml"
+ARGS_FILE = "llamafactory.args"
+DATASET_DIR = "data"
+DATASET_INFO = f"{DATASET_DIR}/dataset_info.json"
+ACCELERATE_FSDP = "accelerate_fsdp.yaml"
+TRAIN_NAME = "qwenrecipes_train"
+EVAL_NAME = "qwenrecipes_eval"
+TEMPLATE = "qwen3_nothink"
+CHATML_NAME = concepts.CHAT_TEMPLATE_PINNED
+TARGET_MARK = "# qwenrecipes-target: "
+FLASH_ATTN = {"sdpa": "sdpa", "flash_attention_2": "fa2", "eager": "disabled"}
+FLASH_ATTN_BACK = {v: k for k, v in FLASH_ATTN.items()}
+LOSS_MASK_LF = "assistant turns: content + <|im_end|> + trailing \\n"
+SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                 "assistant_tag": "assistant", "system_tag": "system"}
+SMALL_DATA_ROWS = 5000  # below this, one preprocessing process is faster than spawning workers
+
+NOTES: dict[str, str] = {
+    "loss_mask": "LF's assistant slot is content<|im_end|>\\n: the newline after <|im_end|> is trained too",
+    "model_dtype": "LF loads weights in the bf16/fp16 training dtype; with fp32 on a GPU it infers bf16/fp16",
+}
+
+
+def _dataset_entry(path: str, split: str, local: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {"file_name": path.removeprefix(f"{DATASET_DIR}/")} if local else {
+        "hf_hub_url": path, "split": split}
+    entry.update({"formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": dict(SHAREGPT_TAGS)})
+    return entry
+
+
+def _arg_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class LlamaFactoryEngine:
+    name = "llamafactory"
+    main_file = MAIN_FILE
+    notes = NOTES
+
+    # ------------------------------------------------------------------------------------- render
+    def sections(self, plan: Plan) -> list[tuple[str, dict[str, Any]]]:
+        recipe = plan.recipe
+        training, data, lora, quant = recipe.training, recipe.data, recipe.lora, recipe.quantization
+        qlora = recipe.method["type"] == "qlora"
+
+        model: dict[str, Any] = {
+            "model_name_or_path": plan.model_path,
+            "trust_remote_code": recipe.model["trust_remote_code"],
+            "flash_attn": FLASH_ATTN[recipe.model["attn"]],
+            "enable_liger_kernel": training["liger_kernel"],
+            # LF checkpoints by default; the recipe decides. Non-reentrant like the other engines.
+            "disable_gradient_checkpointing": not training["gradient_checkpointing"],
+            "use_reentrant_gc": False,
+            "use_unsloth": False,
+            "use_unsloth_gc": False,
+            "upcast_layernorm": False,
+            "upcast_lmhead_output": False,
+        }
+        if qlora:
+            # LF's compute dtype is the training dtype (bf16/fp16 flag); the recipe's compute_dtype can only
+            # differ when precision differs, which effective() reports.
+            model.update({"quantization_bit": quant["bits"], "quantization_method": "bnb",
+                          "quantization_type": quant["quant_type"], "double_quantization": quant["double_quant"]})
+
+        method: dict[str, Any] = {
+            "stage": "sft",
+            "do_train": True,
+            "finetuning_type": "lora" if recipe.uses_adapter else "full",
+        }
+        if recipe.uses_adapter:
+            method.update({
+                "lora_rank": lora["r"],
+                "lora_alpha": int(lora["alpha"]) if float(lora["alpha"]).is_integer() else lora["alpha"],
+                "lora_dropout": lora["dropout"],
+                "lora_target": ",".join(recipe.target_modules),
+                "additional_target": ",".join(lora["modules_to_save"]) or None,
+                "use_dora": lora["use_dora"],
+                "use_rslora": lora["use_rslora"],
+                "pissa_init": False,
+                "create_new_adapter": False,
+            })
+        method["pure_bf16"] = False
+
+        dataset: dict[str, Any] = {
+            "dataset": TRAIN_NAME,
+            "dataset_dir": DATASET_DIR,
+        }
+        if plan.eval_file is not None:
+            dataset["eval_dataset"] = EVAL_NAME
+        dataset.update({
+            "template": TEMPLATE,
+            # No effect on qwen3_nothink (a plain Template); false so no think block is ever added.
+            "enable_thinking": False,
+            # With packing LF uses cutoff_len - 1 as the row budget: +1 keeps max_seq_length-token rows whole.
+            "cutoff_len": data["max_seq_length"] + (1 if data["packing"] else 0),
+            "train_on_prompt": data["train_on"] == "all",
+            "mask_history": False,
+            "packing": data["packing"],
+            # Plain packing gives packed rows an all-ones attention mask (they attend to each other).
+            "neat_packing": data["packing"],
+            "val_size": 0.0,  # qwenrecipes already split
+            "streaming": False,
+            "overwrite_cache": True,  # never reuse another run's tokenized cache
+            "preprocessing_num_workers": 1 if (plan.train_rows is not None
+                                               and len(plan.train_rows) < SMALL_DATA_ROWS) else 8,
+        })
+
+        report = recipe.output["report_to"]
+        train: dict[str, Any] = {
+            "output_dir": recipe.output["dir"],
+            # LF silently resumes from the last checkpoint in a non-empty output_dir unless this is set.
+            "overwrite_output_dir": True,
+            "resume_from_checkpoint": None,
+            "per_device_train_batch_size": training["micro_batch_size"],
+            "per_device_eval_batch_size": training["micro_batch_size"],
+            "gradient_accumulation_steps": training["gradient_accumulation_steps"],
+            "num_train_epochs": float(training["epochs"]),
+            "max_steps": plan.max_steps if plan.max_steps is not None else -1,
+            "learning_rate": training["learning_rate"],
+            "lr_scheduler_type": training["scheduler"],
+            "warmup_steps": plan.warmup_steps,
+            "optim": training["optimizer"],
+            "weight_decay": training["weight_decay"],
+            "max_grad_norm": training["max_grad_norm"],
+            "bf16": plan.precision == "bf16",
+            "fp16": plan.precision == "fp16",
+            "tf32": False,  # torch's default; TF32 would change fp32 maths on Ampere+ only
+            "seed": training["seed"],
+            "data_seed": training["seed"],
+            # qwenrecipes shuffled once with the seed; a sequential sampler keeps that order.
+            "disable_shuffling": True,
+            "logging_steps": training["logging_steps"],
+        }
+        if training["save_steps"]:
+            train.update({"save_strategy": "steps", "save_steps": training["save_steps"]})
+        else:
+            train["save_strategy"] = "no"  # canonical: only the final model (LF saves it at the end anyway)
+        train["save_total_limit"] = training["save_total_limit"]
+        train["save_only_model"] = False
+        if plan.has_eval and training["eval_steps"]:
+            train.update({"eval_strategy": "steps", "eval_steps": training["eval_steps"]})
+        else:
+            train["eval_strategy"] = "no"
+        train.update({
+            "report_to": report,
+            "run_name": recipe.name,
+            "plot_loss": False,
+            "include_effective_tokens_per_second": False,
+            "dataloader_num_workers": 0,
+            "ddp_timeout": 180000000,  # LF's examples: long tokenization on rank 0 must not time out DDP
+        })
+        if recipe.distributed["gpus"] > 1:
+            train["ddp_find_unused_parameters"] = False
+        if recipe.distributed["strategy"].startswith("deepspeed"):
+            train["deepspeed"] = DEEPSPEED_FILE
+        return [("model", model), ("method", method), ("dataset", dataset), ("train", train)]
+
+    def _flat(self, plan: Plan) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for _, section in self.sections(plan):
+            out.update(section)
+        return out
+
+    def render(self, plan: Plan) -> dict[str, str]:
+        sections = self.sections(plan)
+        files = {MAIN_FILE: render_template("llamafactory/llamafactory.yaml.j2", sections=sections,
+                                             target=plan.target, warnings=plan.warnings,
+                                             **header_context(plan, self.name))}
+        # CLI form: null values are left out (an argparse flag cannot carry None; null is LF's default).
+        # --key=value: a value starting with "-" can never be taken for an option.
+        lines = [shlex.quote(f"--{key}={_arg_text(value)}") for key, value in self._flat(plan).items()
+                 if value is not None]
+        files[ARGS_FILE] = render_template("llamafactory/llamafactory.args.j2", lines=lines)
+        local = plan.train_rows is not None
+        info = {TRAIN_NAME: _dataset_entry(plan.train_file, plan.recipe.train.split, local)}
+        if plan.eval_file is not None:
+            eval_local = bool(plan.eval_rows) or (plan.recipe.eval is not None
+                                                  and plan.recipe.eval.local_path is not None)
+            split = plan.recipe.eval.split if plan.recipe.eval is not None else "train"
+            info[EVAL_NAME] = _dataset_entry(plan.eval_file, split, eval_local)
+        files[DATASET_INFO] = render_template("llamafactory/dataset_info.json.j2", info=info)
+        ds = deepspeed_config(plan)
+        if ds is not None:
+            files[DEEPSPEED_FILE] = render_template("llamafactory/deepspeed.json.j2", config=ds)
+        if plan.recipe.distributed["strategy"] == "fsdp":
+            files[ACCELERATE_FSDP] = render_template("llamafactory/accelerate_fsdp.yaml.j2",
+                                                     config=self._fsdp_accelerate(plan))
+        return files
+
+    def _fsdp_accelerate(self, plan: Plan) -> dict[str, Any]:
+        """LF runs FSDP only through `accelerate launch --config_file` (its examples/accelerate)."""
+        return {
+            "compute_environment": "LOCAL_MACHINE",
+            "distributed_type": "FSDP",
+            "fsdp_config": {
+                "fsdp_version": 2,
+                "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                "fsdp_transformer_layer_cls_to_wrap": "Qwen3DecoderLayer",
+                "fsdp_offload_params": False,
+                "fsdp_state_dict_type": "FULL_STATE_DICT",
+                "fsdp_cpu_ram_efficient_loading": True,
+                "fsdp_reshard_after_forward": True,
+            },
+            "mixed_precision": {"bf16": "bf16", "fp16": "fp16"}.get(plan.precision, "no"),
+            "num_machines": 1,
+            "num_processes": plan.recipe.distributed["gpus"],
+            "machine_rank": 0,
+            "main_training_function": "main",
+            "rdzv_backend": "static",
+            "same_network": True,
+            "use_cpu": False,
+        }
+
+    def command(self, plan: Plan, resume_from: str | None = None) -> list[str]:
+        # LF merges `key=value` arguments after the YAML into it (OmegaConf), so resuming is an override.
+        resume = [f"resume_from_checkpoint={resume_from}"] if resume_from else []
+        if plan.recipe.distributed["strategy"] == "fsdp":
+            return ["accelerate", "launch", "--config_file", ACCELERATE_FSDP, "-m", "llamafactory.launcher",
+                    MAIN_FILE, *resume]
+        return ["llamafactory-cli", "train", MAIN_FILE, *resume]
+
+    def environment(self, plan: Plan) -> dict[str, str]:
+        # DISABLE_VERSION_CHECK: LF 0.9.5 refuses transformers/peft/trl versions outside its own pins at
+        # start-up; the engine env is pinned and tested by qwenrecipes, so that check only blocks runs.
+        own = {"DISABLE_VERSION_CHECK": "1"}
+        gpus = plan.recipe.distributed["gpus"]
+        if gpus > 1 and plan.recipe.distributed["strategy"] != "fsdp":
+            # Explicit torchrun with the recipe's GPU count (LF would otherwise take every visible GPU).
+            own.update({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(gpus), "NNODES": "1"})
+        return engine_environment(plan, own)
+
+    # ---------------------------------------------------------------------------------- effective
+    def effective(self, files: dict[str, str]) -> dict[str, Any]:
+        text = files[MAIN_FILE]
+        cfg: dict[str, Any] = yaml.safe_load(text) or {}
+        target = next((line.removeprefix(TARGET_MARK).strip() for line in text.splitlines()
+                       if line.startswith(TARGET_MARK)), "unknown")
+        info = json.loads(files[DATASET_INFO]) if DATASET_INFO in files else {}
+
+        finetuning = cfg.get("finetuning_type", "lora")  # LF's default is lora, not full
+        quant_bits = cfg.get("quantization_bit")
+        method = "full" if finetuning == "full" else ("qlora" if quant_bits == 4 else "lora")
+        adapter = method != "full"
+
+        bf16, fp16 = bool(cfg.get("bf16", False)), bool(cfg.get("fp16", False))
+        pure_bf16 = bool(cfg.get("pure_bf16", False))
+        precision = "bf16" if bf16 or pure_bf16 else "fp16" if fp16 else "fp32"
+        if precision == "bf16":
+            model_dtype = "bfloat16"
+        elif precision == "fp16":
+            model_dtype = "float16"
+        elif target == "cpu":
+            model_dtype = "float32"
+        else:
+            model_dtype = "bfloat16 or float16 (LF infers it from the checkpoint for fp32 training on a GPU)"
+
+        quantization = None
+        if quant_bits == 4:
+            quantization = {"bits": 4, "quant_type": cfg.get("quantization_type", "nf4"),
+                            "double_quant": cfg.get("double_quantization", True),
+                            "compute_dtype": model_dtype}
+        elif quant_bits == 8:
+            quantization = {"bits": 8}
+
+        rank = cfg.get("lora_rank", 8)
+        alpha = cfg.get("lora_alpha") or 2 * rank  # LF: lora_alpha None -> 2 * lora_rank
+        target_text = cfg.get("lora_target", "all")
+        targets: Any = ("all linear layers except lm_head" if target_text == "all"
+                        else [t.strip() for t in str(target_text).split(",") if t.strip()])
+        extra = cfg.get("additional_target")
+        modules_to_save = [t.strip() for t in str(extra).split(",") if t.strip()] if extra else []
+
+        template = cfg.get("template")
+        chat_template = CHATML_NAME if template == TEMPLATE and not cfg.get("default_system") else (
+            template or "tokenizer template (parsed)")
+        think = concepts.THINK_INLINE if template == TEMPLATE else (
+            "LF ReasoningTemplate: empty think block added to every assistant turn" if template == "qwen3"
+            else "template default")
+        if cfg.get("train_on_prompt"):
+            loss_mask = concepts.LOSS_MASK_ALL
+        elif cfg.get("mask_history"):
+            loss_mask = "last assistant turn only: content + <|im_end|> + trailing \\n"
+        else:
+            loss_mask = LOSS_MASK_LF
+
+        def file_of(name: str | None) -> str | None:
+            entry = info.get(name or "", {})
+            if "file_name" in entry:
+                return f"{cfg.get('dataset_dir', DATASET_DIR)}/{entry['file_name']}"
+            return entry.get("hf_hub_url")
+
+        packing = bool(cfg.get("packing", False))
+        packing_value: Any = packing if (not packing or cfg.get("neat_packing")) else (
+            "packed without neat_packing: rows attend to each other")
+        save_strategy = cfg.get("save_strategy", "steps")
+        save_steps = cfg.get("save_steps", 500) if save_strategy == "steps" else (
+            None if save_strategy == "no" else save_strategy)
+        eval_steps = (cfg.get("eval_steps") or cfg.get("logging_steps", 500)) if cfg.get(
+            "eval_strategy", "no") == "steps" else None
+        env_line = files.get("COMMAND", "")
+        gpus = 1
+        if "NPROC_PER_NODE=" in env_line:
+            digits = env_line.split("NPROC_PER_NODE=", 1)[1].split()[0].strip("'\"")
+            gpus = int(digits) if digits.isdigit() else 1
+        accel = files.get(ACCELERATE_FSDP)
+        if accel:
+            gpus = int((yaml.safe_load(accel) or {}).get("num_processes", gpus))
+        dist = "none"
+        if cfg.get("deepspeed"):
+            zero = (json.loads(files.get(str(cfg["deepspeed"]), "{}")) or {}).get("zero_optimization", {})
+            dist = f"deepspeed_zero{zero.get('stage', '?')}" + ("+offload" if zero.get("offload_optimizer") else "")
+        elif accel:
+            dist = "fsdp"
+        elif gpus > 1:
+            dist = "ddp"
+        mbs = cfg.get("per_device_train_batch_size", 8)
+        ga = cfg.get("gradient_accumulation_steps", 1)
+        max_steps = cfg.get("max_steps", -1)
+        report = cfg.get("report_to", "none")
+        if isinstance(report, list):
+            report = ",".join(report) or "none"
+
+        return {
+            "model": cfg.get("model_name_or_path"),
+            "model_dtype": model_dtype,
+            "attn": FLASH_ATTN_BACK.get(str(cfg.get("flash_attn", "auto")), "transformers default"),
+            "method": method,
+            "quantization": quantization,
+            "lora_r": rank if adapter else None,
+            "lora_alpha": alpha if adapter else None,
+            "lora_dropout": cfg.get("lora_dropout", 0.0) if adapter else None,
+            "lora_targets": targets if adapter else None,
+            "use_dora": bool(cfg.get("use_dora", False)) if adapter else None,
+            "use_rslora": bool(cfg.get("use_rslora", False)) if adapter else None,
+            "modules_to_save": modules_to_save if adapter else None,
+            "chat_template": chat_template,
+            "think_handling": think,
+            "loss_mask": loss_mask,
+            "train_file": file_of(cfg.get("dataset")),
+            "eval_file": file_of(cfg.get("eval_dataset")),
+            "max_seq_length": cfg.get("cutoff_len", 2048) - (1 if packing else 0),
+            # Rows reach LF no longer than cutoff_len, so its proportional truncation never fires.
+            "truncation": concepts.TRUNCATION_NONE,
+            "packing": packing_value,
+            "micro_batch_size": mbs,
+            "gradient_accumulation_steps": ga,
+            "gpus": gpus,
+            "effective_batch": mbs * ga * gpus,
+            "max_steps": max_steps if max_steps and max_steps > 0 else (
+                f"from {cfg.get('num_train_epochs', 3.0)} epochs"),
+            "learning_rate": cfg.get("learning_rate", 5e-5),
+            "scheduler": cfg.get("lr_scheduler_type", "linear"),
+            "warmup_steps": cfg.get("warmup_steps", 0),
+            "optimizer": cfg.get("optim", "adamw_torch_fused"),
+            "weight_decay": cfg.get("weight_decay", 0.0),
+            "max_grad_norm": cfg.get("max_grad_norm", 1.0),
+            "precision": precision,
+            "gradient_checkpointing": not cfg.get("disable_gradient_checkpointing", False),
+            "seed": cfg.get("seed", 42),
+            "logging_steps": cfg.get("logging_steps", 500),
+            "save_steps": save_steps,
+            "save_total_limit": cfg.get("save_total_limit"),
+            "eval_steps": eval_steps,
+            "liger_kernel": bool(cfg.get("enable_liger_kernel", False)),
+            "report_to": report,
+            "distributed": dist,
+        }
+
+
+ENGINE = LlamaFactoryEngine()

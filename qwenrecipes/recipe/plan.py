@@ -1,0 +1,259 @@
+"""Resolve a validated recipe against its data and target hardware into a Plan: the one fully explicit
+object every engine renders from. Cross-field rules that engines only discover at run time live here."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qwenrecipes.data import prepare as datamod
+from qwenrecipes.errors import Problem, RecipeError
+from qwenrecipes.recipe import memory
+from qwenrecipes.recipe.load import Recipe, load_recipe
+
+TRAIN_FILE = "data/train.jsonl"
+EVAL_FILE = "data/eval.jsonl"
+PRECISION_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+EIGHT_BIT_OPTIMIZERS = {"adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"}
+
+
+def detect_target() -> str:
+    """'cuda' when an NVIDIA GPU is visible, else 'cpu'. Cheap: no torch import."""
+    return "cuda" if shutil.which("nvidia-smi") else "cpu"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything an engine needs, with no value left to a default."""
+
+    recipe: Recipe
+    target: str  # "cpu" | "cuda"
+    precision: str  # "bf16" | "fp16" | "fp32"
+    model_dtype: str  # "bfloat16" | "float16" | "float32"
+    model_path: str  # hub id or local path (builtin refs resolved)
+    train_rows: list[list[dict[str, str]]] | None  # prepared rows, None for a hub dataset
+    eval_rows: list[list[dict[str, str]]] | None
+    dropped_rows: int
+    max_steps: int | None  # None only when packing (or hub data) lets the engine decide the row count
+    warmup_steps: int
+    warnings: list[str] = field(default_factory=list)
+    gpu_memory_gb: float | None = None  # one GPU's memory (CUDA target): declared, detected or assumed
+    gpu_memory_source: str = "none"  # "declared" | "detected" | "assumed" | "none" (CPU)
+    engine: str | None = None  # set once resolve.resolve_for_engine made the training values concrete
+    memory: dict[str, Any] | None = None  # that resolution's decisions and their reasons
+
+    @property
+    def effective_batch(self) -> int:
+        t = self.recipe.training
+        return t["micro_batch_size"] * t["gradient_accumulation_steps"] * self.recipe.distributed["gpus"]
+
+    @property
+    def has_eval(self) -> bool:
+        return bool(self.eval_rows) or self.recipe.eval is not None
+
+    @property
+    def train_stream(self) -> list[list[dict[str, str]]] | None:
+        """Training rows in the exact order they are consumed, enough passes to cover max_steps."""
+        if self.train_rows is None:
+            return None
+        t = self.recipe.training
+        copies = math.ceil(t["epochs"])
+        if self.max_steps is not None and not self.recipe.data["packing"]:
+            copies = max(1, math.ceil(self.max_steps * self.effective_batch / len(self.train_rows)))
+        return datamod.epoch_stream(self.train_rows, copies=copies, seed=t["seed"], shuffle=self.recipe.data["shuffle"])
+
+    @property
+    def train_file(self) -> str:
+        return TRAIN_FILE if self.train_rows is not None else self.recipe.train.path
+
+    @property
+    def eval_file(self) -> str | None:
+        if self.eval_rows:
+            return EVAL_FILE
+        return self.recipe.eval.path if self.recipe.eval is not None else None
+
+    @property
+    def is_local(self) -> bool:
+        """Model and every dataset are on this machine: engines can run with the hub switched off."""
+        path = self.model_path
+        local_model = Path(path).is_absolute() or path.startswith((".", "~"))
+        local_eval = self.recipe.eval is None or self.recipe.eval.local_path is not None
+        return local_model and self.recipe.train.local_path is not None and local_eval
+
+    @property
+    def precision_flags(self) -> dict[str, bool]:
+        return {"bf16": self.precision == "bf16", "fp16": self.precision == "fp16"}
+
+    def summary(self) -> dict[str, Any]:
+        """The resolved values a person (and the render folder's resolved-recipe file) should see."""
+        return {
+            "target": self.target,
+            "precision": self.precision,
+            "model_dtype": self.model_dtype,
+            "model_path": self.model_path,
+            "train_rows": len(self.train_rows) if self.train_rows is not None else None,
+            "eval_rows": len(self.eval_rows) if self.eval_rows is not None else None,
+            "dropped_overlong_rows": self.dropped_rows,
+            "effective_batch": self.effective_batch,
+            "max_steps": self.max_steps,
+            "warmup_steps": self.warmup_steps,
+            "memory": self.memory if self.memory is not None else {
+                "gpu_memory_gb": self.gpu_memory_gb, "gpu_memory_source": self.gpu_memory_source},
+        }
+
+
+def _resolve_model_path(name: str) -> str:
+    if name.startswith("builtin:"):
+        from qwenrecipes.data.tiny import resolve_builtin_model
+
+        return str(resolve_builtin_model(name))
+    return name
+
+
+def _rule_problems(recipe: Recipe, target: str, precision: str) -> list[tuple[str, str]]:
+    """Rules known from engines' failures and the troubleshooting lists, each with its fix."""
+    out: list[tuple[str, str]] = []
+    method, lora, quant = recipe.method, recipe.lora, recipe.quantization
+    training, distributed = recipe.training, recipe.distributed
+    if method["type"] == "qlora" and quant["bits"] != 4:
+        out.append(("method.quantization.bits",
+                    "qlora needs 4-bit quantization: set bits: 4 (8-bit is plain LoRA on an int8 base)"))
+    touched = set(recipe.target_modules) | set(lora["modules_to_save"])
+    if recipe.uses_adapter and "embed_tokens" in touched and "lm_head" not in touched:
+        out.append(("method.lora.modules_to_save",
+                    "training embed_tokens without lm_head breaks Qwen3's tied embeddings: add lm_head too"))
+    if distributed["strategy"] == "deepspeed_zero3" and recipe.uses_adapter:
+        out.append(("distributed.strategy",
+                    "DeepSpeed ZeRO-3 with LoRA/QLoRA is a known failure (shape [0] weights, 4-bit params not "
+                    "partitionable): use deepspeed_zero2"))
+    if distributed["zero_offload"] and not distributed["strategy"].startswith("deepspeed"):
+        out.append(("distributed.zero_offload", "zero_offload needs a deepspeed_* strategy"))
+    if distributed["gpus"] > 1 and distributed["strategy"] == "none":
+        out.append(("distributed.strategy", "several GPUs need a strategy: ddp, deepspeed_zero2 or fsdp"))
+    if training["liger_kernel"] is True and method["type"] == "qlora":
+        out.append(("training.liger_kernel",
+                    "Liger kernels with QLoRA fail on 4-bit weights in several engines: set liger_kernel: false"))
+    if training.get("warmup_ratio") is not None and training.get("warmup_steps") not in (None, 0):
+        out.append(("training.warmup_ratio", "set either warmup_steps or warmup_ratio, not both (warmup_steps: null)"))
+    if training["eval_steps"] and not (recipe.eval or recipe.data["val_fraction"] > 0):
+        out.append(("training.eval_steps", "eval_steps needs data.eval or data.val_fraction > 0"))
+    for section, ref in (("train", recipe.train), ("eval", recipe.eval)):
+        if ref is not None and ref.local_path is None and (ref.format != "messages" or ref.fields):
+            out.append((f"data.{section}.path",
+                        f"{ref.path!r} is read as a hub dataset, which engines load by name: only the `messages` "
+                        "format with its default field names works there; download it to a local file to "
+                        "convert another format or map fields"))
+    if target == "cpu":
+        if method["type"] == "qlora":
+            out.append(("method.type", "qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU use lora"))
+        if training["optimizer"] in EIGHT_BIT_OPTIMIZERS:
+            out.append(("training.optimizer",
+                        f"{training['optimizer']} needs a CUDA GPU (bitsandbytes); on CPU use adamw_torch"))
+        if precision != "fp32":
+            out.append(("training.precision", f"{precision} training needs a GPU; on CPU use fp32 (or auto)"))
+        if recipe.model["attn"] == "flash_attention_2":
+            out.append(("model.attn", "flash_attention_2 needs a CUDA GPU; on CPU use sdpa"))
+        if training["liger_kernel"] is True:
+            out.append(("training.liger_kernel", "Liger kernels are Triton (CUDA) code; on CPU use false or auto"))
+    return out
+
+
+def _gpu_memory(recipe: Recipe, target: str) -> tuple[float | None, str, list[str]]:
+    """(GB, source, warnings): the recipe's hardware.gpu_memory_gb, else nvidia-smi's, else the assumed 24 GB."""
+    if target != "cuda":
+        return None, "none", []
+    declared = recipe.hardware["gpu_memory_gb"]
+    if declared is not None:
+        return float(declared), "declared", []
+    detected = memory.detect_gpu_memory_gb()
+    if detected is not None:
+        return detected, "detected", []
+    assumed = memory.ASSUMED_GPU_MEMORY_GB
+    return assumed, "assumed", [f"GPU memory unknown (no hardware.gpu_memory_gb, nvidia-smi did not answer): "
+                                f"assuming {assumed:g} GB; set hardware.gpu_memory_gb for your card"]
+
+
+def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
+    """Validate cross-field rules, prepare the data, and compute steps and warmup. Raises RecipeError."""
+    file = str(recipe.source)
+    target = target or detect_target()
+    training, data = recipe.training, recipe.data
+    precision = training["precision"]
+    if precision == "auto":
+        precision = "bf16" if target == "cuda" else "fp32"
+    model_dtype = recipe.model["dtype"]
+    if model_dtype == "auto":
+        model_dtype = PRECISION_DTYPE[precision]
+    pairs = _rule_problems(recipe, target, precision)
+    gpu_memory_gb, gpu_memory_source, warnings = _gpu_memory(recipe, target)
+
+    train_rows = eval_rows = None
+    dropped = 0
+    if recipe.train.local_path is not None:
+        try:
+            conversations = datamod.canonical_conversations(recipe.train, file)
+            local_eval = recipe.eval is not None and recipe.eval.local_path is not None
+            evaluation = datamod.canonical_conversations(recipe.eval, file) if local_eval else None
+        except RecipeError as exc:
+            raise RecipeError([*(Problem(file, p, m) for p, m in pairs), *exc.problems]) from None
+        reasoning = sum(c.has_reasoning for c in conversations)
+        if recipe.model["chat_template"] == "qwen3_nothink" and reasoning:
+            pairs.append(("model.chat_template",
+                          f"{reasoning} training rows carry reasoning (reasoning_content or <think> text) but "
+                          "qwen3_nothink drops think blocks: use chat_template: qwen3, or strip the reasoning"))
+        if recipe.model["chat_template"] == "qwen3" and not reasoning:
+            warnings.append("chat_template qwen3 with no reasoning in the data: every assistant turn is trained "
+                            "with an empty <think></think> block (use qwen3_nothink for a non-thinking model)")
+        prepared = [datamod.apply_think_rule(c, recipe.model["chat_template"]) for c in conversations]
+        empty = sum(1 for row in prepared for m in row if m["role"] == "assistant" and not m["content"])
+        if empty:
+            warnings.append(f"{empty} assistant turns are empty: Axolotl trains nothing there (the other engines "
+                            "train their <|im_end|>); drop them for identical training on every engine")
+        prepared, dropped = datamod.drop_overlong(prepared, data["max_seq_length"])
+        if dropped:
+            warnings.append(f"{dropped} training rows are longer than max_seq_length={data['max_seq_length']} "
+                            "tokens and were dropped (no engine truncates)")
+        train_rows, eval_rows = datamod.split_rows(prepared, val_fraction=data["val_fraction"], seed=training["seed"])
+        if evaluation is not None:
+            eval_rows = [datamod.apply_think_rule(c, recipe.model["chat_template"]) for c in evaluation]
+
+    if recipe.train.local_path is None:
+        warnings.append(f"{recipe.train.path!r} is a hub dataset, loaded by each engine by name: qwenrecipes cannot "
+                        "apply the think rule, drop over-long rows or fix the row order for it; download it to a "
+                        "local file for identical training on every engine")
+    per_step = training["micro_batch_size"] * training["gradient_accumulation_steps"] * recipe.distributed["gpus"]
+    max_steps = training["max_steps"]
+    if train_rows is not None and per_step > len(train_rows):
+        pairs.append(("training.gradient_accumulation_steps",
+                      f"effective batch {per_step} (micro_batch_size x gradient_accumulation_steps x gpus) is larger "
+                      f"than the {len(train_rows)} training rows: "
+                      "lower micro_batch_size or gradient_accumulation_steps"))
+    if max_steps is None and train_rows is not None and not data["packing"]:
+        max_steps = max(1, math.ceil(len(train_rows) * training["epochs"] / per_step))
+    if max_steps is None:
+        warnings.append("step count is decided by the engine (packing or hub data): "
+                        "warmup_ratio is passed as a ratio")
+
+    warmup = training["warmup_steps"] or 0
+    if training.get("warmup_ratio") is not None:
+        warmup = math.ceil(training["warmup_ratio"] * max_steps) if max_steps else 0
+    if max_steps is not None and warmup >= max_steps:
+        pairs.append(("training.warmup_steps",
+                      f"warmup ({warmup} steps) is not shorter than the run ({max_steps} optimizer steps): "
+                      "lower warmup_steps or use warmup_ratio"))
+    if max_steps is not None and training["save_steps"] and training["save_steps"] > max_steps:
+        warnings.append(f"save_steps={training['save_steps']} > {max_steps} steps: only the final model is saved")
+
+    if pairs:
+        raise RecipeError([Problem(file, path, message) for path, message in pairs])
+    return Plan(recipe=recipe, target=target, precision=precision, model_dtype=model_dtype,
+                model_path=_resolve_model_path(recipe.model["name_or_path"]), train_rows=train_rows,
+                eval_rows=eval_rows or None, dropped_rows=dropped, max_steps=max_steps, warmup_steps=warmup,
+                warnings=warnings, gpu_memory_gb=gpu_memory_gb, gpu_memory_source=gpu_memory_source)
+
+
+def plan_recipe(path: str | Path, *, target: str | None = None) -> Plan:
+    return make_plan(load_recipe(path), target=target)

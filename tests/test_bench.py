@@ -14,22 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from qwenrecipes.bench import core as bench
-from qwenrecipes.bench.core import (
-    BenchOptions,
-    Launcher,
-    ModelDims,
-    ceiling_tokens_per_s,
-    classify_status,
-    execute_point,
-    measure,
-    parse_overrides,
-    prepare_point,
-    run_bench,
-    write_report,
-    write_shim,
-)
+from qwenrecipes.bench.execute import execute_point
+from qwenrecipes.bench.inputs import parse_overrides
+from qwenrecipes.bench.launch import Launcher
+from qwenrecipes.bench.metrics import ceiling_tokens_per_s, classify_status, measure
+from qwenrecipes.bench.prepare import PreparedPoint, prepare_point
+from qwenrecipes.bench.report import ROW_FIELDS, write_report
+from qwenrecipes.bench.runner import BenchOptions, run_bench
+from qwenrecipes.bench.shim import write_shim
 from qwenrecipes.errors import QwenRecipesError
+from qwenrecipes.recipe.memory import ModelDims
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_RECIPE = REPO / "recipes" / "tiny-cpu.yaml"
@@ -53,7 +47,7 @@ print(str({"train_runtime": 1.0, "train_samples_per_second": 1.0, "train_steps_p
 '''
 
 
-def _fake_point(tmp_path: Path, mode: str, steps: int = 8) -> bench.PreparedPoint:
+def _fake_point(tmp_path: Path, mode: str, steps: int = 8) -> PreparedPoint:
     script = tmp_path / "fake_engine.py"
     script.write_text(FAKE_ENGINE, encoding="utf-8")
     shim = write_shim(tmp_path)
@@ -121,7 +115,7 @@ def test_fake_engine_end_to_end(tmp_path: Path) -> None:
     paths = write_report(tmp_path / "report", rows)
     document = json.loads(paths["results"].read_text())
     for row in document["rows"]:
-        for name in bench.ROW_FIELDS:
+        for name in ROW_FIELDS:
             assert name in row, name
     text = paths["report"].read_text()
     assert "fake-ok" in text and "Winners" in text
@@ -161,7 +155,7 @@ def test_bench_tiny_trl_cpu(tmp_path: Path) -> None:
     document = json.loads((out / "results.json").read_text())
     (row,) = document["rows"]
     assert row["status"] == "ok", (row.get("status_reasons"), row.get("error"))
-    for name in bench.ROW_FIELDS:
+    for name in ROW_FIELDS:
         assert name in row, name
     assert row["engine_version"] and row["tokens_per_s"] > 0 and row["step_time_p95"] >= row["step_time_p50"]
     assert row["loss_first"] is not None and row["loss_last"] is not None

@@ -22,7 +22,7 @@ RECIPE = RECIPES / "qwen3-4b-qlora.yaml"
 HEAVY = ["jsonschema", "numpy", "matplotlib", "tqdm", "rich", "tokenizers", "safetensors", "torch", "transformers",
          "importlib.metadata", "pyarrow"]
 UNRELATED = ["qwenrecipes.run.envs", "qwenrecipes.run.events", "qwenrecipes.run.runner", "qwenrecipes.check.tokens",
-             "qwenrecipes.bench.core", "qwenrecipes.export.core", "qwenrecipes.run.compare", "qwenrecipes.run.runs",
+             "qwenrecipes.bench", "qwenrecipes.export", "qwenrecipes.run.compare", "qwenrecipes.run.runs",
              "qwenrecipes.check.native", "qwenrecipes.data.tiny", "qwenrecipes.data.synthetic",
              "qwenrecipes.render.explain", "qwenrecipes.data.tokenizer_files", *cli.COMMAND_MODULES]
 

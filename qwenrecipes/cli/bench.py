@@ -1,5 +1,5 @@
 """`qwenrecipes bench` and the offline bundle builder (`qwenrecipes env bundle`). Thin Click wrappers over
-qwenrecipes.bench.core and qwenrecipes.bench.bundle; errors are QwenRecipesError, mapped to exit codes by cli.main.
+qwenrecipes.bench.runner and qwenrecipes.bench.bundle; errors are QwenRecipesError, mapped to exit codes by cli.main.
 
 Also runnable on a GPU host that has no console script: ``PYTHONPATH=$PWD python3 -m qwenrecipes.cli.bench ...``.
 """
@@ -49,7 +49,9 @@ def bench(recipe: Path, engines: str, steps: int, warmup: int, out_dir: Path, la
           pythonpath: tuple[str, ...], memory_cap_gb: float | None, peak_tflops: float, patches: tuple[str, ...],
           fresh: bool) -> None:
     """Run ENGINES in turn on RECIPE with the same tokens; write results.json, report.md and PNG plots."""
-    from qwenrecipes.bench.core import BenchOptions, Launcher, parse_overrides, run_bench
+    from qwenrecipes.bench.inputs import parse_overrides
+    from qwenrecipes.bench.launch import Launcher
+    from qwenrecipes.bench.runner import BenchOptions, run_bench
 
     if pythonpath and not python:
         raise QwenRecipesError("--pythonpath needs --python (the interpreter that runs the engines)")

@@ -1,6 +1,6 @@
 """Click commands for after training: merge, generate, export gguf, verify-export, push.
 
-Thin wrappers over qwenrecipes.export.core; the lead attaches ``COMMANDS`` to the main CLI. Library errors
+Thin wrappers over the qwenrecipes.export modules; the lead attaches ``COMMANDS`` to the main CLI. Library errors
 (QwenRecipesError) propagate to cli.main, which maps them to exit code 2.
 """
 
@@ -27,9 +27,9 @@ RUN_OR_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--force", is_flag=True, help="Replace an existing merged folder written by qwenrecipes.")
 def merge(run: Path, output: Path | None, dtype: str, max_shard_size: str, force: bool) -> None:
     """Merge RUN's LoRA adapter into its base model (safetensors, tokenizer, chat template, EOS)."""
-    from qwenrecipes.export import core as export
+    from qwenrecipes.export import merge as lib
 
-    result = export.merge(run, output, dtype=dtype, max_shard_size=max_shard_size, force=force)
+    result = lib.merge(run, output, dtype=dtype, max_shard_size=max_shard_size, force=force)
     click.echo(f"merged into {result.path} ({result.dtype}, {result.shards} shard(s), chat template "
                f"{result.chat_template}, tokenizer from {result.tokenizer_from})")
     click.echo(f"next: qwenrecipes generate {result.path} --prompt '…'  |  qwenrecipes export gguf {result.path}")
@@ -48,12 +48,12 @@ def merge(run: Path, output: Path | None, dtype: str, max_shard_size: str, force
 def generate(run_or_dir: Path, prompt: str, system: str | None, thinking: bool, seed: int, max_new_tokens: int,
              greedy: bool, as_json: bool) -> None:
     """Answer PROMPT with a run's adapter (base + adapter) or a merged model folder."""
-    from qwenrecipes.export import core as export
+    from qwenrecipes.export import generate as lib
 
-    for warning in export.generation_warnings(greedy=greedy, thinking=thinking):
+    for warning in lib.generation_warnings(greedy=greedy, thinking=thinking):
         click.echo(f"warning: {warning}", err=True)
-    result = export.generate(run_or_dir, prompt, system=system, thinking=thinking, seed=seed,
-                             max_new_tokens=max_new_tokens, greedy=greedy)
+    result = lib.generate(run_or_dir, prompt, system=system, thinking=thinking, seed=seed,
+                          max_new_tokens=max_new_tokens, greedy=greedy)
     if as_json:
         click.echo(json.dumps(asdict(result)))
     else:
@@ -73,7 +73,7 @@ def export() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing export (and re-merge an adapter).")
 def gguf(run_or_dir: Path, quant: str, output: Path | None, force: bool) -> None:
     """GGUF via llama.cpp's convert_hf_to_gguf.py, plus an Ollama Modelfile."""
-    from qwenrecipes.export import core as lib
+    from qwenrecipes.export import gguf as lib
 
     result = lib.export_gguf(run_or_dir, quant, output, force=force)
     click.echo(f"wrote {result.gguf} and {result.modelfile} (num_ctx {result.num_ctx}) from {result.merged}")
@@ -88,7 +88,7 @@ def gguf(run_or_dir: Path, quant: str, output: Path | None, force: bool) -> None
 def verify_export(folder: Path, no_runtime: bool, as_json: bool) -> None:
     """Check a merged model, a GGUF export or a run dir: files, EOS/pad ids, chat template, and (when the
     tools env is installed) the same top tokens from adapter, merged model and GGUF."""
-    from qwenrecipes.export import core as lib
+    from qwenrecipes.export import verify as lib
 
     report = lib.verify_export(folder, runtime=not no_runtime)
     if as_json:
@@ -113,7 +113,7 @@ def verify_export(folder: Path, no_runtime: bool, as_json: bool) -> None:
 @click.option("--private", is_flag=True)
 def push(run_or_dir: Path, repo_id: str, what: str, private: bool) -> None:
     """Upload to the Hugging Face Hub. The token is read from $HF_TOKEN only, never stored."""
-    from qwenrecipes.export import core as lib
+    from qwenrecipes.export import push as lib
 
     url = lib.push(run_or_dir, repo_id, what=what, private=private)
     click.echo(f"pushed to {repo_id}: {url}")

@@ -240,6 +240,13 @@ def _screen_values(value: Any, parts: list[Any], problems: list[tuple[str, str]]
     if isinstance(value, str) and "\x00" in value:
         problems.append((_json_path(parts), "contains a NUL character (\\0), which no path or setting can hold"))
         return None
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a "\ud800" escape: not text, no file or argv can hold it
+            problems.append((_json_path(parts), f"contains a lone surrogate (U+{ord(value[exc.start]):04X}), "
+                                                "which is not text: no file or setting can hold it"))
+            return None
     if isinstance(value, dict):
         return {key: _screen_values(child, [*parts, key], problems) for key, child in value.items()}
     if isinstance(value, list):

@@ -27,13 +27,15 @@ THINK_RE = re.compile(r"<think>(.*?)</think>\s*", re.DOTALL)
 ROLE_ALIASES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant",
                 "system": "system", "bot": "assistant", "model": "assistant"}
 MAX_ROWS_IN_MESSAGES = 5  # how many bad rows one problem list names before summarizing
+DUPLICATE_KEYS = "\x00duplicate keys"  # marks a JSON object that repeated a key (json keeps the last silently)
 
 
 @dataclass(frozen=True)
 class Conversation:
-    """One canonical row: messages of {role, content[, reasoning_content]}."""
+    """One canonical row: messages of {role, content[, reasoning_content]}, and where it came from."""
 
     messages: list[dict[str, str]]
+    row: int = 0  # 1-based row number in its file (0: not read from a file)
 
     @property
     def has_reasoning(self) -> bool:
@@ -41,8 +43,36 @@ class Conversation:
                    for m in self.messages if m["role"] == "assistant")
 
 
+def row_label(number: int, line: int | None = None) -> str:
+    """How problems and reports name a row: its number in the file, plus its line when blank lines make
+    the two differ (JSONL)."""
+    return f"row {number}" if line in (None, number) else f"row {number} (line {line})"
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object hook: keep every key, and mark objects that repeat one (the row is then refused)."""
+    out: dict[str, Any] = {}
+    repeated = []
+    for key, value in pairs:
+        if key in out:
+            repeated.append(key)
+        out[key] = value
+    if repeated:
+        out[DUPLICATE_KEYS] = repeated
+    return out
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_object_pairs)
+
+
 def read_rows(ref: DatasetRef, file_label: str) -> list[dict[str, Any]]:
     """Rows of a local JSONL / JSON / Parquet file."""
+    return [row for _, row in read_numbered_rows(ref, file_label)]
+
+
+def read_numbered_rows(ref: DatasetRef, file_label: str) -> list[tuple[str, Any]]:
+    """(label, row) for every row of a local JSONL / JSON / Parquet file; labels as row_label() words them."""
     path = ref.local_path
     assert path is not None, "hub datasets are not read locally"
     if not path.exists():
@@ -57,22 +87,28 @@ def read_rows(ref: DatasetRef, file_label: str) -> list[dict[str, Any]]:
             except ImportError:
                 message = "reading Parquet needs pyarrow: pip install pyarrow"
                 raise RecipeError([Problem(file_label, "data", message)]) from None
-            return pq.read_table(path).to_pylist()
-        text = path.read_text(encoding="utf-8")
+            try:
+                table = pq.read_table(path).to_pylist()
+            except Exception as exc:  # pyarrow raises its own types (ArrowInvalid, OSError) for a damaged file
+                raise RecipeError([Problem(str(path), "", f"not a readable Parquet file ({exc})")]) from None
+            return [(row_label(n), row) for n, row in enumerate(table, start=1)]
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not part of the first row.
+        text = path.read_bytes().decode("utf-8-sig")
         if suffix == ".json":
-            document = json.loads(text)
+            document = _loads(text)
             if isinstance(document, dict) and isinstance(document.get("data"), list):
                 document = document["data"]
             if not isinstance(document, list):
                 raise RecipeError([Problem(str(path), "", "a .json data file holds a list of rows")])
-            return document
-        rows = []
+            return [(row_label(n), row) for n, row in enumerate(document, start=1)]
+        rows: list[tuple[str, Any]] = []
         # split("\n"), not splitlines(): JSON strings may hold U+2028, NEL and other characters that
-        # splitlines() also treats as line ends.
+        # splitlines() also treats as line ends. A CRLF line's "\r" is JSON whitespace.
         for number, line in enumerate(text.split("\n"), start=1):
             if line.strip():
+                label = row_label(len(rows) + 1, number)
                 try:
-                    rows.append(json.loads(line))
+                    rows.append((label, _loads(line)))
                 except json.JSONDecodeError as exc:
                     raise RecipeError([Problem(str(path), f"line {number}", f"invalid JSON: {exc.msg}")]) from None
                 except RecursionError:
@@ -86,30 +122,103 @@ def read_rows(ref: DatasetRef, file_label: str) -> list[dict[str, Any]]:
         raise RecipeError([Problem(str(path), "", "JSON nested too deeply")]) from None
 
 
+def _field(parts: list[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _scan(value: Any, parts: list[Any]) -> None:
+    """Refuse what no engine file can hold or what JSON silently resolved: lone surrogates (valid as JSON
+    escapes, not encodable as UTF-8) and repeated keys (json keeps the last one). Iterative: rows may nest
+    deeply without recursing."""
+    stack: list[tuple[Any, list[Any]]] = [(value, parts)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                code = ord(item[exc.start])
+                raise ValueError(f"{_field(where) or 'row'}: holds a lone surrogate (U+{code:04X}), "
+                                 "which is not text and cannot be written as UTF-8") from None
+        elif isinstance(item, dict):
+            if DUPLICATE_KEYS in item:
+                keys = ", ".join(repr(k) for k in dict.fromkeys(item[DUPLICATE_KEYS]))
+                raise ValueError(f"{_field(where) or 'row'}: repeats the key {keys} (JSON keeps only the last "
+                                 "value; give it once)")
+            for key, child in item.items():
+                if isinstance(key, str):
+                    stack.append((key, [*where, "(key)"]))
+                stack.append((child, [*where, key]))
+        elif isinstance(item, list):
+            stack.extend((child, [*where, index]) for index, child in enumerate(item))
+
+
+def _optional_text(row: dict[str, Any], key: str, where: str) -> str:
+    """A field that may be absent, null or "", else must be one string (a list or a number would be
+    written into the prompt as its Python repr, or vanish when falsy)."""
+    value = row.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{where} is {type(value).__name__} {_short(value)}, not a string: give one string "
+                         "or leave it out")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=True, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_think(content: str, reasoning: str, where: str) -> None:
+    """One reasoning block per assistant turn, first in the turn: anything else has no single meaning
+    (which block is the reasoning? is the text before it part of the answer?)."""
+    opens, closes = content.count("<think>"), content.count("</think>")
+    if opens > 1 or closes > 1:
+        raise ValueError(f"{where} holds {max(opens, closes)} <think> blocks: an assistant turn carries at most "
+                         "one reasoning block (split the turn, or merge the reasoning)")
+    if opens != closes:
+        raise ValueError(f"{where} has an unclosed <think> or a stray </think>")
+    if opens and not content.lstrip().startswith("<think>"):
+        raise ValueError(f"{where}: the <think> block must open the turn (text before it would be moved)")
+    inline = THINK_RE.findall(content)
+    if inline and inline[0].strip() and reasoning.strip():
+        raise ValueError(f"{where} has an inline <think> block and reasoning_content: give the reasoning once")
+
+
 def _messages_from_row(row: dict[str, Any], ref: DatasetRef) -> list[dict[str, str]]:
     fields = ref.fields
     if ref.format == "alpaca":
-        instruction = row.get(fields.get("instruction", "instruction"))
-        extra = row.get(fields.get("input", "input")) or ""
-        output = row.get(fields.get("output", "output"))
-        system = row.get(fields.get("system", "system"))
-        if not isinstance(instruction, str) or not isinstance(output, str):
-            raise ValueError("alpaca rows need string 'instruction' and 'output'")
+        keys = {name: fields.get(name, name) for name in ("instruction", "input", "output", "system")}
+        instruction, output = row.get(keys["instruction"]), row.get(keys["output"])
+        for name in ("instruction", "output"):
+            if not isinstance(row.get(keys[name]), str):
+                found = type(row.get(keys[name])).__name__ if keys[name] in row else "missing"
+                raise ValueError(f"{keys[name]}: alpaca rows need string 'instruction' and 'output' ({found})")
+        extra = _optional_text(row, keys["input"], keys["input"])
+        system = _optional_text(row, keys["system"], keys["system"])
         prompt = f"{instruction}\n\n{extra}" if extra else instruction
-        messages = [{"role": "system", "content": system}] if isinstance(system, str) and system else []
+        messages = [{"role": "system", "content": system}] if system else []
         return [*messages, {"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     default_key = "conversations" if ref.format == "sharegpt" else "messages"
-    turns = row.get(fields.get("messages", default_key))
+    list_key = fields.get("messages", default_key)
+    turns = row.get(list_key)
     role_key = fields.get("role", "from" if ref.format == "sharegpt" else "role")
     content_key = fields.get("content", "value" if ref.format == "sharegpt" else "content")
     reasoning_key = fields.get("reasoning_content", "reasoning_content")
     if not isinstance(turns, list) or not turns:
-        raise ValueError(f"missing or empty '{fields.get('messages', default_key)}' list")
+        raise ValueError(f"missing or empty '{list_key}' list")
     messages: list[dict[str, str]] = []
-    system = row.get(fields.get("system", "system"))
-    if isinstance(system, str) and system:
+    system_key = fields.get("system", "system")
+    system = _optional_text(row, system_key, system_key)
+    if system:
         messages.append({"role": "system", "content": system})
-    for turn in turns:
+    known = {role_key, content_key, reasoning_key}
+    for index, turn in enumerate(turns):
+        where = f"{list_key}[{index}]"
         if not isinstance(turn, dict):
             raise ValueError("each turn is an object")
         role = ROLE_ALIASES.get(str(turn.get(role_key)))
@@ -118,9 +227,19 @@ def _messages_from_row(row: dict[str, Any], ref: DatasetRef) -> list[dict[str, s
             raise ValueError(f"unknown role {turn.get(role_key)!r}")
         if not isinstance(content, str):
             raise ValueError(f"turn content is not a string ({type(content).__name__})")
+        # Keys qwenrecipes does not read would be dropped without a word (tool_calls, weight, train, ...);
+        # empty ones (OpenAI exports carry "refusal": null) carry nothing.
+        ignored = [k for k, v in turn.items() if k not in known and v not in (None, "", [], {})]
+        if ignored:
+            raise ValueError(f"{where}.{ignored[0]}: key not used by qwenrecipes (its value would be dropped): "
+                             f"remove it, or map a field with data.*.fields")
         message = {"role": role, "content": content}
-        reasoning = turn.get(reasoning_key)
-        if isinstance(reasoning, str) and reasoning and role == "assistant":
+        reasoning = _optional_text(turn, reasoning_key, f"{where}.{reasoning_key}")
+        if reasoning and role != "assistant":
+            raise ValueError(f"{where}.{reasoning_key}: only assistant turns carry reasoning (this is '{role}')")
+        if role == "assistant":
+            _check_think(content, reasoning, f"{where}.{content_key}")
+        if reasoning:
             message["reasoning_content"] = reasoning
         messages.append(message)
     return messages
@@ -140,18 +259,18 @@ def _check_order(messages: list[dict[str, str]]) -> None:
 
 def canonical_conversations(ref: DatasetRef, file_label: str) -> list[Conversation]:
     """Read and convert a local dataset; every bad row is reported (up to a few, then a count)."""
-    rows = read_rows(ref, file_label)
     conversations: list[Conversation] = []
     problems: list[Problem] = []
-    for index, row in enumerate(rows):
+    for index, (label, row) in enumerate(read_numbered_rows(ref, file_label), start=1):
         try:
             if not isinstance(row, dict):
                 raise ValueError("row is not an object")
+            _scan(row, [])
             messages = _messages_from_row(row, ref)
             _check_order(messages)
-            conversations.append(Conversation(messages))
+            conversations.append(Conversation(messages, index))
         except ValueError as exc:
-            problems.append(Problem(str(ref.local_path), f"row {index + 1}", str(exc)))
+            problems.append(Problem(str(ref.local_path), label, str(exc)))
     if problems:
         shown = problems[:MAX_ROWS_IN_MESSAGES]
         if len(problems) > len(shown):
@@ -190,15 +309,20 @@ def token_lengths(texts: list[str]) -> list[int]:
     return [len(encoding.ids) for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]
 
 
-def drop_overlong(rows: list[list[dict[str, str]]], max_tokens: int) -> tuple[list[list[dict[str, str]]], int]:
-    """Drop rows longer than max_tokens. Tokenize only rows that could be too long: a token covers at
-    least one byte except the ChatML specials, so a row of at most max_tokens bytes always fits."""
+def overlong_rows(rows: list[list[dict[str, str]]], max_tokens: int) -> dict[int, int]:
+    """{index: token count} of the rows longer than max_tokens. Tokenize only rows that could be too long:
+    a token covers at least one byte except the ChatML specials, so a row of at most max_tokens bytes fits."""
     texts = [chatml_text(r) for r in rows]
     suspects = [i for i, t in enumerate(texts) if len(t.encode("utf-8")) > max_tokens]
     if not suspects:
-        return rows, 0
+        return {}
     lengths = token_lengths([texts[i] for i in suspects])
-    too_long = {i for i, n in zip(suspects, lengths, strict=True) if n > max_tokens}
+    return {i: n for i, n in zip(suspects, lengths, strict=True) if n > max_tokens}
+
+
+def drop_overlong(rows: list[list[dict[str, str]]], max_tokens: int) -> tuple[list[list[dict[str, str]]], int]:
+    """Rows longer than max_tokens dropped, and how many."""
+    too_long = overlong_rows(rows, max_tokens)
     return [r for i, r in enumerate(rows) if i not in too_long], len(too_long)
 
 

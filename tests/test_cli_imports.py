@@ -21,10 +21,12 @@ RECIPE = RECIPES / "qwen3-4b-qlora.yaml"
 # Modules no recipe-to-config command needs: third-party heavyweights, and qwenrecipes' run/env/export side.
 HEAVY = ["jsonschema", "numpy", "matplotlib", "tqdm", "rich", "tokenizers", "safetensors", "torch", "transformers",
          "importlib.metadata", "pyarrow"]
-UNRELATED = ["qwenrecipes.run.envs", "qwenrecipes.run.events", "qwenrecipes.run.runner", "qwenrecipes.check.tokens",
-             "qwenrecipes.bench", "qwenrecipes.export", "qwenrecipes.run.compare", "qwenrecipes.run.runs",
-             "qwenrecipes.check.native", "qwenrecipes.data.tiny", "qwenrecipes.data.synthetic",
-             "qwenrecipes.render.explain", "qwenrecipes.data.tokenizer_files", *cli.COMMAND_MODULES]
+UNRELATED = ["qwenrecipes.run.envs", "qwenrecipes.run.events", "qwenrecipes.run.runner", "qwenrecipes.run.spec",
+             "qwenrecipes.run.rundir", "qwenrecipes.run.supervisor", "qwenrecipes.run.procgroup",
+             "qwenrecipes.run.summary", "qwenrecipes.check.tokens", "qwenrecipes.bench", "qwenrecipes.export",
+             "qwenrecipes.run.compare", "qwenrecipes.run.runs", "qwenrecipes.check.native", "qwenrecipes.data.tiny",
+             "qwenrecipes.data.synthetic", "qwenrecipes.render.explain", "qwenrecipes.data.tokenizer_files",
+             *cli.COMMAND_MODULES]
 
 # Run one CLI command in this process and print the modules it imported (those not loaded at interpreter start,
 # so whatever site or a .pth preloads does not count against qwenrecipes).

@@ -25,16 +25,9 @@ from qwenrecipes.recipe.load import MAX_RECIPE_BYTES, build_recipe, load_recipe_
 from qwenrecipes.recipe.plan import make_plan
 from qwenrecipes.render.folder import Rendered, render_plan, write_rendered
 from qwenrecipes.run import doctor, envs
-from qwenrecipes.run.runner import (
-    EVENTS_FILE,
-    LOG_FILE,
-    MARKER_FILE,
-    SUMMARY_FILE,
-    RunSpec,
-    claim_run_dir,
-    execute,
-    write_json_atomic,
-)
+from qwenrecipes.run.rundir import EVENTS_FILE, LOG_FILE, MARKER_FILE, SUMMARY_FILE, write_json_atomic
+from qwenrecipes.run.runner import claim_run_dir, execute
+from qwenrecipes.run.spec import RunSpec
 from tests.conftest import REPO, run_cli
 
 FAKE_ENGINE = REPO / "tests" / "fixtures" / "fake_engine.py"

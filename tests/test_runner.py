@@ -16,18 +16,10 @@ import pytest
 
 from qwenrecipes.errors import QwenRecipesError
 from qwenrecipes.run.events import read_events
-from qwenrecipes.run.runner import (
-    EVENTS_FILE,
-    LOG_FILE,
-    MARKER_FILE,
-    SUMMARY_FILE,
-    SUPERSEDED_FILE,
-    RunSpec,
-    claim_run_dir,
-    execute,
-    group_alive,
-    write_json_atomic,
-)
+from qwenrecipes.run.procgroup import group_alive
+from qwenrecipes.run.rundir import EVENTS_FILE, LOG_FILE, MARKER_FILE, SUMMARY_FILE, SUPERSEDED_FILE, write_json_atomic
+from qwenrecipes.run.runner import claim_run_dir, execute
+from qwenrecipes.run.spec import RunSpec
 
 FAKE = Path(__file__).parent / "fixtures" / "fake_engine.py"
 

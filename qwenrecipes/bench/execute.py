@@ -16,6 +16,7 @@ from qwenrecipes.bench.sampler import MemorySampler
 from qwenrecipes.bench.shim import PROFILE_MARK, memory_probe, shim_line
 from qwenrecipes.recipe.memory import ModelDims, read_model_config
 from qwenrecipes.run.events import Event, read_events
+from qwenrecipes.run.rundir import EVENTS_FILE
 
 OnMessage = Callable[[str], None]
 
@@ -27,7 +28,8 @@ def quiet(message: str) -> None:
 def execute_point(point: PreparedPoint, *, warmup: int, gpu: str, peak_tflops: float = DEFAULT_PEAK_TFLOPS,
                   stall_timeout: float = 600.0, on_message: OnMessage = quiet) -> dict[str, Any]:
     """Run one prepared point (unless preparation failed) and return its results row."""
-    from qwenrecipes.run import runner
+    from qwenrecipes.run.runner import execute
+    from qwenrecipes.run.spec import RunSpec
 
     row: dict[str, Any] = {
         "engine": point.engine, "label": point.label, "engine_version": None, "gpu": gpu, **point.info,
@@ -54,9 +56,9 @@ def execute_point(point: PreparedPoint, *, warmup: int, gpu: str, peak_tflops: f
     sampler = MemorySampler() if gpu != "cpu" else None
     if sampler:
         sampler.start()
-    spec = runner.RunSpec(run_dir=point.run_dir, engine=point.engine, argv=point.argv, env=point.env,
-                          output_dir=point.output_dir, logging_steps=1, total_steps=point.total_steps,
-                          recipe_name=f"bench-{point.label}", versions=versions, stall_timeout=stall_timeout)
+    spec = RunSpec(run_dir=point.run_dir, engine=point.engine, argv=point.argv, env=point.env,
+                   output_dir=point.output_dir, logging_steps=1, total_steps=point.total_steps,
+                   recipe_name=f"bench-{point.label}", versions=versions, stall_timeout=stall_timeout)
     harness_cpu0 = time.process_time()
     started = time.perf_counter()
 
@@ -69,7 +71,7 @@ def execute_point(point: PreparedPoint, *, warmup: int, gpu: str, peak_tflops: f
             on_message(f"  {point.engine}/{point.label} step {event.get('step')} loss={event.get('loss')}")
 
     try:
-        result = runner.execute(spec, on_event=forward)
+        result = execute(spec, on_event=forward)
         run_status, summary = result.status, result.summary
     except Exception as exc:  # the runner could not even start the engine: still a row
         run_status, summary = "failed", {"error": {"text": f"{type(exc).__name__}: {exc}"}}
@@ -77,7 +79,7 @@ def execute_point(point: PreparedPoint, *, warmup: int, gpu: str, peak_tflops: f
     harness_cpu = time.process_time() - harness_cpu0
     if sampler:
         sampler.stop()
-    events = read_events(point.run_dir / runner.EVENTS_FILE)
+    events = read_events(point.run_dir / EVENTS_FILE)
     metrics = measure(events, point.tokens_per_step, point.supervised_per_step, warmup=warmup)
     probe = memory_probe(events)
     error = summary.get("error") or {}

@@ -8,7 +8,8 @@ from typing import Any
 
 from qwenrecipes.errors import QwenRecipesError
 from qwenrecipes.run.events import Event, read_events
-from qwenrecipes.run.runner import EVENTS_FILE, MARKER_FILE, read_marker, read_summary
+from qwenrecipes.run.rundir import EVENTS_FILE, MARKER_FILE, read_marker
+from qwenrecipes.run.summary import read_summary
 
 LOSS_PLOT = "loss.png"
 

@@ -15,6 +15,8 @@ from qwenrecipes.errors import QwenRecipesError, RecipeError
 
 ENGINE_NAMES = ["axolotl", "llamafactory", "unsloth", "trl"]
 TARGETS = ["auto", "cpu", "cuda"]
+TARGET_HELP = ("Hardware to resolve the recipe for. auto: the recipe's hardware.target, else cuda when a setting "
+               "needs a GPU (bf16, qlora, 8-bit optimizer, ...), else this machine's.")
 
 
 def _target(value: str) -> str | None:
@@ -107,9 +109,8 @@ def recipes() -> None:
 
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True,
-              help="Hardware the recipe is resolved for (auto: cuda when nvidia-smi is found).")
-@click.option("--engine", "engine", type=click.Choice(ENGINE_NAMES), default=None,
+@click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True, help=TARGET_HELP)
+@click.option("--engine", "-e", "engine", type=click.Choice(ENGINE_NAMES), default=None,
               help="With --native: the engine whose own validator checks the rendered config.")
 @click.option("--native", is_flag=True, help="Also ask the engine itself (inside its env) to accept the config.")
 def validate(recipe: Path, target: str, engine: str | None, native: bool) -> None:
@@ -139,7 +140,8 @@ def validate(recipe: Path, target: str, engine: str | None, native: bool) -> Non
         native_validate(plan, engine)
     summary = plan.summary()
     click.echo(f"{recipe}: ok ({summary['train_rows']} training rows, {summary['max_steps']} optimizer steps, "
-               f"effective batch {summary['effective_batch']}, {summary['precision']} on {summary['target']})")
+               f"effective batch {summary['effective_batch']}, {summary['precision']} on {summary['target']}: "
+               f"{plan.target_why})")
     for line in memory_lines(resolved):
         click.echo(f"  {line}")
 
@@ -149,7 +151,7 @@ def validate(recipe: Path, target: str, engine: str | None, native: bool) -> Non
 @click.option("--engine", "-e", type=click.Choice(ENGINE_NAMES), required=True)
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Write a ready-to-run folder here. Without it, print the main file.")
-@click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True)
+@click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True, help=TARGET_HELP)
 def render(recipe: Path, engine: str, out_dir: Path | None, target: str) -> None:
     """Render a recipe into an engine's native configuration."""
     from qwenrecipes.recipe.plan import plan_recipe
@@ -170,7 +172,7 @@ def render(recipe: Path, engine: str, out_dir: Path | None, target: str) -> None
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--engines", default=",".join(ENGINE_NAMES), show_default=True, help="Comma-separated engines.")
-@click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True)
+@click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True, help=TARGET_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def explain(recipe: Path, engines: str, target: str, as_json: bool) -> None:
     """Show the effective settings per engine, read back from the rendered files; flag every difference."""

@@ -49,9 +49,11 @@ def bench(recipe: Path, engines: str, steps: int, warmup: int, out_dir: Path, la
           pythonpath: tuple[str, ...], memory_cap_gb: float | None, peak_tflops: float, patches: tuple[str, ...],
           fresh: bool) -> None:
     """Run ENGINES in turn on RECIPE with the same tokens; write results.json, report.md and PNG plots."""
-    from qwenrecipes.bench.inputs import parse_overrides
+    from qwenrecipes.bench.inputs import apply_overrides, parse_overrides
     from qwenrecipes.bench.launch import Launcher
     from qwenrecipes.bench.runner import BenchOptions, run_bench
+    from qwenrecipes.recipe.hardware import check_machine
+    from qwenrecipes.recipe.load import build_recipe, load_recipe_document
 
     if pythonpath and not python:
         raise QwenRecipesError("--pythonpath needs --python (the interpreter that runs the engines)")
@@ -62,6 +64,8 @@ def bench(recipe: Path, engines: str, steps: int, warmup: int, out_dir: Path, la
         warmup=warmup, label=label, overrides=parse_overrides(sets), target=target, launcher=launcher, model=model,
         synthetic_data=synthetic_data, memory_cap_gb=memory_cap_gb, peak_tflops=peak_tflops, append=not fresh,
         config_patches=parse_overrides(patches))
+    # The recipe as bench trains it (--set applied) against this machine: what is missing, before any engine starts.
+    check_machine(build_recipe(apply_overrides(load_recipe_document(recipe), options.overrides), recipe), target)
     rows = run_bench(recipe, options, on_message=_echo)
     for row in rows:
         click.echo(f"{row['engine']:<13} {row['label']:<28} {row['status']:<7} "

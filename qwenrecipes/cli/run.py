@@ -102,8 +102,12 @@ def _target(value: str) -> str | None:
 def run_command(recipe: Path, engine: str, run_dir: Path | None, resume: bool, force: bool, target: str,
                 stall_timeout: float, traceback_timeout: float, verbose: bool) -> None:
     """Train RECIPE with one engine, supervised; events.jsonl, engine.log and summary.json land in the run dir."""
+    from qwenrecipes.recipe.hardware import check_machine
+    from qwenrecipes.recipe.load import load_recipe
     from qwenrecipes.run.runner import execute, prepare_run
 
+    # Before the run dir is claimed: a GPU recipe on a machine without one says what is missing (exit 2).
+    check_machine(load_recipe(recipe), _target(target))
     spec = prepare_run(recipe, engine, run_dir=run_dir, resume=resume, force=force, target=_target(target),
                        stall_timeout=stall_timeout, traceback_timeout=traceback_timeout)
     if spec.resume_from:

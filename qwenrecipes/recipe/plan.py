@@ -4,7 +4,6 @@ object every engine renders from. Cross-field rules that engines only discover a
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,17 +11,13 @@ from typing import Any
 from qwenrecipes.data import prepare as datamod
 from qwenrecipes.errors import Problem, RecipeError
 from qwenrecipes.recipe import memory
+from qwenrecipes.recipe.hardware import EIGHT_BIT_OPTIMIZERS, detect_target, resolve_target
 from qwenrecipes.recipe.load import Recipe, load_recipe
 
 TRAIN_FILE = "data/train.jsonl"
 EVAL_FILE = "data/eval.jsonl"
 PRECISION_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-EIGHT_BIT_OPTIMIZERS = {"adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"}
-
-
-def detect_target() -> str:
-    """'cuda' when an NVIDIA GPU is visible, else 'cpu'. Cheap: no torch import."""
-    return "cuda" if shutil.which("nvidia-smi") else "cpu"
+__all__ = ["EIGHT_BIT_OPTIMIZERS", "Plan", "detect_target", "make_plan", "plan_recipe"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +26,7 @@ class Plan:
 
     recipe: Recipe
     target: str  # "cpu" | "cuda"
+    target_why: str  # how the target was chosen: declared, implied by GPU-only settings, --target, or this machine
     precision: str  # "bf16" | "fp16" | "fp32"
     model_dtype: str  # "bfloat16" | "float16" | "float32"
     model_path: str  # hub id or local path (builtin refs resolved)
@@ -91,6 +87,7 @@ class Plan:
         """The resolved values a person (and the render folder's resolved-recipe file) should see."""
         return {
             "target": self.target,
+            "target_why": self.target_why,
             "precision": self.precision,
             "model_dtype": self.model_dtype,
             "model_path": self.model_path,
@@ -179,7 +176,9 @@ def _gpu_memory(recipe: Recipe, target: str) -> tuple[float | None, str, list[st
 def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
     """Validate cross-field rules, prepare the data, and compute steps and warmup. Raises RecipeError."""
     file = str(recipe.source)
-    target = target or detect_target()
+    # The recipe's own hardware, not this machine's: a GPU recipe renders the same on a laptop (hardware.py).
+    choice = resolve_target(recipe, target)
+    target = choice.target
     training, data = recipe.training, recipe.data
     precision = training["precision"]
     if precision == "auto":
@@ -249,7 +248,8 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
 
     if pairs:
         raise RecipeError([Problem(file, path, message) for path, message in pairs])
-    return Plan(recipe=recipe, target=target, precision=precision, model_dtype=model_dtype,
+    return Plan(recipe=recipe, target=target, target_why=choice.describe(), precision=precision,
+                model_dtype=model_dtype,
                 model_path=_resolve_model_path(recipe.model["name_or_path"]), train_rows=train_rows,
                 eval_rows=eval_rows or None, dropped_rows=dropped, max_steps=max_steps, warmup_steps=warmup,
                 warnings=warnings, gpu_memory_gb=gpu_memory_gb, gpu_memory_source=gpu_memory_source)

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from qwenrecipes.data import prepare as datamod
+from qwenrecipes.data.rows import RowReport, dropped_warnings, prepare_local
 from qwenrecipes.errors import Problem, RecipeError
 from qwenrecipes.recipe import memory
 from qwenrecipes.recipe.hardware import EIGHT_BIT_OPTIMIZERS, detect_target, resolve_target
 from qwenrecipes.recipe.load import Recipe, load_recipe
+from qwenrecipes.recipe.text import text_problems
 
 TRAIN_FILE = "data/train.jsonl"
 EVAL_FILE = "data/eval.jsonl"
@@ -32,7 +34,7 @@ class Plan:
     model_path: str  # hub id or local path (builtin refs resolved)
     train_rows: list[list[dict[str, str]]] | None  # prepared rows, None for a hub dataset
     eval_rows: list[list[dict[str, str]]] | None
-    dropped_rows: int
+    dropped_rows: list[RowReport]  # every input row neither trained nor evaluated, with its reason
     max_steps: int | None  # None only when packing (or hub data) lets the engine decide the row count
     warmup_steps: int
     warnings: list[str] = field(default_factory=list)
@@ -93,7 +95,7 @@ class Plan:
             "model_path": self.model_path,
             "train_rows": len(self.train_rows) if self.train_rows is not None else None,
             "eval_rows": len(self.eval_rows) if self.eval_rows is not None else None,
-            "dropped_overlong_rows": self.dropped_rows,
+            "dropped_rows": [report.as_dict() for report in self.dropped_rows],
             "effective_batch": self.effective_batch,
             "max_steps": self.max_steps,
             "warmup_steps": self.warmup_steps,
@@ -102,17 +104,31 @@ class Plan:
         }
 
 
-def _resolve_model_path(name: str) -> str:
+def _resolve_model_path(name: str, base: Path) -> str:
+    """builtin refs built; a local path made absolute like data paths are: relative to the recipe's folder,
+    since engines run with the run folder as their cwd. "./x", "../x", or a folder that exists next to the
+    recipe is local; anything else (org/name) is a hub id."""
     if name.startswith("builtin:"):
         from qwenrecipes.data.tiny import resolve_builtin_model
 
         return str(resolve_builtin_model(name))
+    if name in (".", "..") or name.startswith(("./", "../")) or (not Path(name).is_absolute()
+                                                                and not name.startswith("~")
+                                                                and _is_dir(base / name)):
+        return str((base / name).resolve())
     return name
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long for the OS is no folder
+        return False
 
 
 def _rule_problems(recipe: Recipe, target: str, precision: str) -> list[tuple[str, str]]:
     """Rules known from engines' failures and the troubleshooting lists, each with its fix."""
-    out: list[tuple[str, str]] = []
+    out: list[tuple[str, str]] = text_problems(recipe)
     method, lora, quant = recipe.method, recipe.lora, recipe.quantization
     training, distributed = recipe.training, recipe.distributed
     if method["type"] == "qlora" and quant["bits"] != 4:
@@ -135,6 +151,10 @@ def _rule_problems(recipe: Recipe, target: str, precision: str) -> list[tuple[st
                     "Liger kernels with QLoRA fail on 4-bit weights in several engines: set liger_kernel: false"))
     if training.get("warmup_ratio") is not None and training.get("warmup_steps") not in (None, 0):
         out.append(("training.warmup_ratio", "set either warmup_steps or warmup_ratio, not both (warmup_steps: null)"))
+    if recipe.eval is not None and recipe.data["val_fraction"] > 0:
+        out.append(("data.val_fraction", "set either data.eval (an eval file) or data.val_fraction (hold out part "
+                                         "of the training rows), not both: with both, the held-out rows would "
+                                         "be neither trained nor evaluated"))
     if training["eval_steps"] and not (recipe.eval or recipe.data["val_fraction"] > 0):
         out.append(("training.eval_steps", "eval_steps needs data.eval or data.val_fraction > 0"))
     for section, ref in (("train", recipe.train), ("eval", recipe.eval)):
@@ -190,15 +210,16 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
     gpu_memory_gb, gpu_memory_source, warnings = _gpu_memory(recipe, target)
 
     train_rows = eval_rows = None
-    dropped = 0
+    dropped: list[RowReport] = []
     if recipe.train.local_path is not None:
+        local_eval = recipe.eval if recipe.eval is not None and recipe.eval.local_path is not None else None
         try:
-            conversations = datamod.canonical_conversations(recipe.train, file)
-            local_eval = recipe.eval is not None and recipe.eval.local_path is not None
-            evaluation = datamod.canonical_conversations(recipe.eval, file) if local_eval else None
+            prepared = prepare_local(recipe.train, local_eval, file=file, chat_template=recipe.model["chat_template"],
+                                     max_tokens=data["max_seq_length"], val_fraction=data["val_fraction"],
+                                     seed=training["seed"])
         except RecipeError as exc:
             raise RecipeError([*(Problem(file, p, m) for p, m in pairs), *exc.problems]) from None
-        reasoning = sum(c.has_reasoning for c in conversations)
+        reasoning = sum(c.has_reasoning for c in prepared.conversations)
         if recipe.model["chat_template"] == "qwen3_nothink" and reasoning:
             pairs.append(("model.chat_template",
                           f"{reasoning} training rows carry reasoning (reasoning_content or <think> text) but "
@@ -206,18 +227,18 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
         if recipe.model["chat_template"] == "qwen3" and not reasoning:
             warnings.append("chat_template qwen3 with no reasoning in the data: every assistant turn is trained "
                             "with an empty <think></think> block (use qwen3_nothink for a non-thinking model)")
-        prepared = [datamod.apply_think_rule(c, recipe.model["chat_template"]) for c in conversations]
-        empty = sum(1 for row in prepared for m in row if m["role"] == "assistant" and not m["content"])
+        empty = sum(1 for row in prepared.train for m in row if m["role"] == "assistant" and not m["content"])
         if empty:
             warnings.append(f"{empty} assistant turns are empty: Axolotl trains nothing there (the other engines "
                             "train their <|im_end|>); drop them for identical training on every engine")
-        prepared, dropped = datamod.drop_overlong(prepared, data["max_seq_length"])
-        if dropped:
-            warnings.append(f"{dropped} training rows are longer than max_seq_length={data['max_seq_length']} "
-                            "tokens and were dropped (no engine truncates)")
-        train_rows, eval_rows = datamod.split_rows(prepared, val_fraction=data["val_fraction"], seed=training["seed"])
-        if evaluation is not None:
-            eval_rows = [datamod.apply_think_rule(c, recipe.model["chat_template"]) for c in evaluation]
+        train_rows, eval_rows, dropped = prepared.train, prepared.eval, prepared.dropped
+        warnings.extend(dropped_warnings(dropped, data["max_seq_length"]))
+        if not train_rows:
+            pairs.append(("data.max_seq_length", f"every training row is longer than {data['max_seq_length']} "
+                                                 "tokens: nothing is left to train (raise max_seq_length)"))
+        if local_eval is not None and not eval_rows:
+            pairs.append(("data.max_seq_length", f"every eval row is longer than {data['max_seq_length']} "
+                                                 "tokens: nothing is left to evaluate (raise max_seq_length)"))
 
     if recipe.train.local_path is None:
         warnings.append(f"{recipe.train.path!r} is a hub dataset, loaded by each engine by name: qwenrecipes cannot "
@@ -250,7 +271,8 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
         raise RecipeError([Problem(file, path, message) for path, message in pairs])
     return Plan(recipe=recipe, target=target, target_why=choice.describe(), precision=precision,
                 model_dtype=model_dtype,
-                model_path=_resolve_model_path(recipe.model["name_or_path"]), train_rows=train_rows,
+                model_path=_resolve_model_path(recipe.model["name_or_path"], recipe.source.parent),
+                train_rows=train_rows,
                 eval_rows=eval_rows or None, dropped_rows=dropped, max_steps=max_steps, warmup_steps=warmup,
                 warnings=warnings, gpu_memory_gb=gpu_memory_gb, gpu_memory_source=gpu_memory_source)
 

@@ -152,17 +152,19 @@ def validate(recipe: Path, target: str, engine: str | None, native: bool) -> Non
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Write a ready-to-run folder here. Without it, print the main file.")
 @click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True, help=TARGET_HELP)
-def render(recipe: Path, engine: str, out_dir: Path | None, target: str) -> None:
+@click.option("--force", is_flag=True,
+              help="Write into an existing folder that holds other files (a run folder); they are kept.")
+def render(recipe: Path, engine: str, out_dir: Path | None, target: str, force: bool) -> None:
     """Render a recipe into an engine's native configuration."""
     from qwenrecipes.recipe.plan import plan_recipe
-    from qwenrecipes.render.folder import get_engine, render_plan, write_rendered
+    from qwenrecipes.render.folder import get_engine, render_plan, render_to_folder
 
     plan = plan_recipe(recipe, target=_target(target))
     rendered = render_plan(plan, engine)
     if out_dir is None:
         click.echo(rendered.files[get_engine(engine).main_file], nl=False)
         return
-    write_rendered(plan, rendered, out_dir)
+    render_to_folder(plan, rendered, out_dir, force=force)
     for warning in rendered.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {out_dir}/ ({len(rendered.files)} files + data)")

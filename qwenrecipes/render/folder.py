@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
-from qwenrecipes.data.prepare import write_jsonl
 from qwenrecipes.engines import ENGINES
 from qwenrecipes.engines.base import Engine, dump_yaml
 from qwenrecipes.errors import QwenRecipesError
 from qwenrecipes.recipe.plan import EVAL_FILE, TRAIN_FILE, Plan
 from qwenrecipes.recipe.resolve import resolve_for_engine
+from qwenrecipes.render.write import publish, write_file
 
 RESOLVED_RECIPE = "recipe.resolved.yaml"
 COMMAND_FILE = "COMMAND"
@@ -61,31 +62,46 @@ def render_plan(plan: Plan, engine_name: str) -> Rendered:
     return rendered
 
 
-def _safe_join(root: Path, relative: str) -> Path:
-    """Engines name files relative to the folder; refuse anything that would land outside it."""
-    target = (root / relative).resolve()
-    if root.resolve() not in target.parents:
-        raise QwenRecipesError(f"refusing to write {relative!r} outside {root}")
-    return target
+def _text(text: str) -> Callable[[TextIO], None]:
+    def write(handle: TextIO) -> None:
+        handle.write(text)
+
+    return write
 
 
-def write_rendered(plan: Plan, rendered: Rendered, out_dir: Path) -> list[Path]:
-    """Write the engine files and the prepared data into out_dir (created if needed)."""
+def _jsonl(rows: list[list[dict[str, str]]]) -> Callable[[TextIO], None]:
+    def write(handle: TextIO) -> None:
+        for messages in rows:
+            handle.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+
+    return write
+
+
+def write_rendered(plan: Plan, rendered: Rendered, out_dir: Path, *, shown_as: Path | None = None) -> list[Path]:
+    """Write the engine files and the prepared data into out_dir (created if needed), each file atomically and
+    never through a symlink (render/write.py); errors name shown_as/<file> (the folder the user asked for)."""
+    if out_dir.is_symlink():
+        raise QwenRecipesError(f"{shown_as or out_dir} is a symlink: give the real folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for relative, text in rendered.files.items():
-        target = _safe_join(out_dir, relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, target)
-        written.append(target)
+    jobs = [(relative, _text(text)) for relative, text in rendered.files.items()]
     stream = plan.train_stream
     if stream is not None:
-        write_jsonl(out_dir / TRAIN_FILE, stream)
-        written.append(out_dir / TRAIN_FILE)
+        jobs.append((TRAIN_FILE, _jsonl(stream)))
     if plan.eval_rows:
-        write_jsonl(out_dir / EVAL_FILE, plan.eval_rows)
-        written.append(out_dir / EVAL_FILE)
-    (out_dir / COMMAND_FILE).chmod(0o755)
+        jobs.append((EVAL_FILE, _jsonl(plan.eval_rows)))
+    return [write_file(out_dir, relative, job, shown_root=shown_as, executable=relative == COMMAND_FILE)
+            for relative, job in jobs]
+
+
+def render_to_folder(plan: Plan, rendered: Rendered, out_dir: Path, *, force: bool = False) -> list[str]:
+    """`render -o`: the folder is built aside and renamed into place (render/write.publish), so a failure
+    leaves what was there before; an existing folder that is not an earlier render needs ``force``."""
+    written: list[str] = []
+
+    def build(staging: Path) -> list[str]:
+        paths = write_rendered(plan, rendered, staging, shown_as=out_dir)
+        written.extend(path.relative_to(staging).as_posix() for path in paths)
+        return written
+
+    publish(out_dir, build, force=force)
     return written

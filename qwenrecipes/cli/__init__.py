@@ -53,6 +53,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "export": "qwenrecipes.cli.export",
     "verify-export": "qwenrecipes.cli.export",
     "push": "qwenrecipes.cli.export",
+    "ui": "qwenrecipes.cli.ui",
 }
 COMMAND_MODULES = list(dict.fromkeys(LAZY_COMMANDS.values()))
 

@@ -101,8 +101,8 @@ def prepare_point(recipe_path: Path, engine: str, label: str, out_dir: Path, *, 
     from qwenrecipes.engines.base import HF_OFFLINE
     from qwenrecipes.recipe.load import build_recipe, load_recipe_document
     from qwenrecipes.recipe.plan import make_plan
-    from qwenrecipes.recipe.resolve import resolve_for_engine
     from qwenrecipes.render.folder import render_plan, write_rendered
+    from qwenrecipes.render.resolve import resolve_for_engine
 
     run_dir = out_dir / "runs" / f"{engine}-{label}"
     if run_dir.exists():

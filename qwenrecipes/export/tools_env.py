@@ -28,21 +28,29 @@ class Tools:
     env: dict[str, str]
 
 
+def override_tools() -> Tools | None:
+    """$QWENRECIPES_TOOLS_PYTHON as the tools interpreter (this environment minus PYTHONPATH/PYTHONHOME, plus
+    qwenrecipes' base environment), or None when it is not set."""
+    from qwenrecipes.run import envs
+
+    override = os.environ.get(TOOLS_PYTHON_ENV)
+    if not override:
+        return None
+    python = Path(override).expanduser()
+    if not python.exists():
+        raise QwenRecipesError(f"${TOOLS_PYTHON_ENV} points at {python}, which does not exist")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(envs.base_environment())
+    return Tools(python, env)
+
+
 def tools(*, offline: bool = True) -> Tools:
     """The tools interpreter: $QWENRECIPES_TOOLS_PYTHON, else the `tools` env, else the `trl` env (it has
     torch, transformers and peft; llama-cpp-python only the tools env has)."""
     from qwenrecipes.run import envs
 
-    override = os.environ.get(TOOLS_PYTHON_ENV)
-    if override:
-        python = Path(override).expanduser()
-        if not python.exists():
-            raise QwenRecipesError(f"${TOOLS_PYTHON_ENV} points at {python}, which does not exist")
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        env.update(envs.base_environment())
-        tool = Tools(python, env)
-    else:
-        tool = None
+    tool = override_tools()
+    if tool is None:
         reasons: list[str] = []
         for name in ("tools", "trl"):
             try:

@@ -12,7 +12,7 @@ import pytest
 from qwenrecipes.cli import main
 from qwenrecipes.recipe.load import build_recipe, load_recipe_document
 from qwenrecipes.recipe.plan import Plan, make_plan
-from qwenrecipes.recipe.resolve import resolve_for_engine
+from qwenrecipes.render.resolve import resolve_for_engine
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"

@@ -24,7 +24,7 @@ def test_bundle_fetches_only_what_neither_the_cache_nor_the_host_has(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     spec = bundle.BundleSpec(packages=("cached==1.0", "fresh==2.0", "onhost==3.0"),
                              sdists=("cachedsdist==4.0", "purepy==5.0"))
-    monkeypatch.setitem(bundle.SPECS, "fake", spec)
+    monkeypatch.setattr(bundle, "bundle_spec", {"fake": spec}.get)
     calls: list[list[str]] = []
 
     def fake_pip(args: Sequence[str], progress: Callable[[str], None]) -> None:
@@ -71,7 +71,7 @@ def _wheel_with(cache: Path, name: str, version: str, files: dict[str, bytes]) -
 @pytest.fixture
 def spec(monkeypatch: pytest.MonkeyPatch) -> bundle.BundleSpec:
     fake = bundle.BundleSpec(packages=("tinypkg==1.0", "hostpkg==2.0"), trims=("tinypkg/big",))
-    monkeypatch.setitem(bundle.SPECS, "fake", fake)
+    monkeypatch.setattr(bundle, "bundle_spec", {"fake": fake}.get)
     return fake
 
 

@@ -41,7 +41,7 @@ def fake_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Packaged locks replaced by a folder holding one fake lock per engine."""
     folder = tmp_path / "locks"
     folder.mkdir()
-    for engine in envs.ENGINE_PACKAGES:
+    for engine in envs.env_names():
         (folder / f"{engine}.txt").write_text(FAKE_LOCK, encoding="utf-8")
     monkeypatch.setattr(envs, "_lock_resource", lambda engine: folder / f"{engine}.txt")
     return folder
@@ -87,7 +87,7 @@ def test_changed_lock_makes_a_new_env_and_the_old_one_stale(root: Path, fake_loc
 # -------------------------------------------------------------------------------------------- locks
 
 
-@pytest.mark.parametrize("engine", sorted(envs.ENGINE_PACKAGES))
+@pytest.mark.parametrize("engine", sorted(envs.env_names()))
 def test_packaged_locks_are_full_exact_pins_without_torch(engine: str) -> None:
     lock = envs.load_lock(engine)
     assert lock.python == "3.11"
@@ -99,7 +99,7 @@ def test_packaged_locks_are_full_exact_pins_without_torch(engine: str) -> None:
         assert sep and version and " " not in req, req
         names.add(name.lower().replace("_", "-"))
     assert not names & {"torch", "torchvision", "torchaudio"}  # torch is its own step
-    assert envs.ENGINE_PACKAGES[engine] in names
+    assert envs.env_spec(engine).package in names
     assert "setuptools" in names  # pip freeze leaves it out; the locks add it back
 
 
@@ -312,7 +312,7 @@ def test_installed_default_env_is_healthy(engine: str) -> None:
     health = envs.check_health(engine, found.path)
     assert health.status == "ok", health.message
     pins = dict(r.split("==", 1) for r in envs.load_lock(engine).requirements)
-    assert health.versions["engine"] == pins[envs.ENGINE_PACKAGES[engine]]
+    assert health.versions["engine"] == pins[envs.env_spec(engine).package]
     for dist in ("transformers", "peft"):
         assert health.versions[dist] == pins[dist]
     assert health.versions["python"].startswith(envs.load_lock(engine).python)

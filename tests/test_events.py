@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from qwenrecipes.engines.llamafactory.logs import parse_trainer_log as parse_llamafactory_trainer_log
 from qwenrecipes.run import doctor
 from qwenrecipes.run.events import (
     Normalizer,
@@ -20,7 +21,6 @@ from qwenrecipes.run.events import (
     normalize,
     parse_hf_line,
     parse_line,
-    parse_llamafactory_trainer_log,
     parse_log_dict,
     split_lines,
 )

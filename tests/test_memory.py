@@ -17,7 +17,7 @@ from qwenrecipes.recipe import memory
 from qwenrecipes.recipe.load import build_recipe
 from qwenrecipes.recipe.memory import KNOWN_DIMS, estimate_peak_gib, fits, known_dims, model_dims
 from qwenrecipes.recipe.plan import Plan, make_plan
-from qwenrecipes.recipe.resolve import resolve_for_engine
+from qwenrecipes.render.resolve import resolve_for_engine
 from qwenrecipes.render.folder import render_plan
 from tests.conftest import RECIPES
 
@@ -45,39 +45,42 @@ CALIBRATION = [
 ]
 
 
+PROFILES = {**{name: ENGINES[name].memory_profile for name in ENGINES}, "transformers": memory.DEFAULT_PROFILE}
+
+
 @pytest.mark.parametrize("point", CALIBRATION, ids=[f"{p[0]}-{p[1]}-{p[2]}x{p[3]}-gc{int(p[4])}-liger{int(p[5])}"
                                                      f"-kernels{int(p[6])}" for p in CALIBRATION])
 def test_estimator_reproduces_the_measured_points(point: tuple[Any, ...]) -> None:
     engine, method, seq_len, micro, checkpointing, liger, kernels, measured = point
-    estimate = estimate_peak_gib(engine, QWEN3_4B, method, seq_len, micro, checkpointing, liger, kernels)
+    estimate = estimate_peak_gib(PROFILES[engine], QWEN3_4B, method, seq_len, micro, checkpointing, liger, kernels)
     assert abs(estimate - measured) / measured <= 0.10, (estimate, measured)
 
 
-@pytest.mark.parametrize("engine", sorted(memory.ENGINE_PROFILES))
+@pytest.mark.parametrize("engine", sorted(PROFILES))
 @pytest.mark.parametrize("method", ["lora", "qlora", "full"])
 @pytest.mark.parametrize("checkpointing", [True, False])
 def test_estimate_grows_with_micro_batch_and_sequence(engine: str, method: str, checkpointing: bool) -> None:
     for liger in (False, True):
-        by_batch = [estimate_peak_gib(engine, QWEN3_4B, method, 2048, mb, checkpointing, liger) for mb in (1, 2, 4, 8)]
-        by_seq = [estimate_peak_gib(engine, QWEN3_4B, method, seq, 2, checkpointing, liger, attn="eager")
+        by_batch = [estimate_peak_gib(PROFILES[engine], QWEN3_4B, method, 2048, mb, checkpointing, liger) for mb in (1, 2, 4, 8)]
+        by_seq = [estimate_peak_gib(PROFILES[engine], QWEN3_4B, method, seq, 2, checkpointing, liger, attn="eager")
                   for seq in (512, 1024, 2048, 4096)]
         assert by_batch == sorted(by_batch) and len(set(by_batch)) == 4
         assert by_seq == sorted(by_seq) and len(set(by_seq)) == 4
 
 
 def test_estimate_parts_follow_the_physics() -> None:
-    lora = memory.estimate_breakdown("trl", QWEN3_4B, "lora", 2048, 4, True, False)
+    lora = memory.estimate_breakdown(PROFILES["trl"], QWEN3_4B, "lora", 2048, 4, True, False)
     assert lora["weights"] == pytest.approx(QWEN3_4B.params * 2 / memory.GIB)  # bf16 weights, ~7.5 GiB
-    qlora = memory.estimate_breakdown("trl", QWEN3_4B, "qlora", 2048, 4, True, False)
+    qlora = memory.estimate_breakdown(PROFILES["trl"], QWEN3_4B, "qlora", 2048, 4, True, False)
     assert qlora["weights"] < lora["weights"] / 2.5
-    full = memory.estimate_breakdown("trl", QWEN3_4B, "full", 2048, 4, True, False, optimizer="adamw_torch")
+    full = memory.estimate_breakdown(PROFILES["trl"], QWEN3_4B, "full", 2048, 4, True, False, optimizer="adamw_torch")
     assert full["trainable_state"] == pytest.approx(QWEN3_4B.params * (2 + 8) / memory.GIB)  # grads + fp32 moments
-    eight_bit = memory.estimate_breakdown("trl", QWEN3_4B, "full", 2048, 4, True, False, optimizer="adamw_8bit")
+    eight_bit = memory.estimate_breakdown(PROFILES["trl"], QWEN3_4B, "full", 2048, 4, True, False, optimizer="adamw_8bit")
     assert eight_bit["trainable_state"] < full["trainable_state"]
-    fused = memory.estimate_breakdown("trl", QWEN3_4B, "lora", 2048, 4, True, True)
+    fused = memory.estimate_breakdown(PROFILES["trl"], QWEN3_4B, "lora", 2048, 4, True, True)
     assert fused["logits"] == 0 and lora["logits"] > 0
-    dropout = memory.estimate_breakdown("trl", QWEN3_4B, "lora", 2048, 4, False, False, lora_dropout=0.05)
-    assert dropout["activations"] > memory.estimate_breakdown("trl", QWEN3_4B, "lora", 2048, 4, False, False)[
+    dropout = memory.estimate_breakdown(PROFILES["trl"], QWEN3_4B, "lora", 2048, 4, False, False, lora_dropout=0.05)
+    assert dropout["activations"] > memory.estimate_breakdown(PROFILES["trl"], QWEN3_4B, "lora", 2048, 4, False, False)[
         "activations"]
 
 

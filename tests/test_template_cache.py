@@ -9,7 +9,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from qwenrecipes.engines import base
+from qwenrecipes.engines import templating as base
 from qwenrecipes.recipe.plan import plan_recipe
 from qwenrecipes.render.folder import render_plan
 from tests.conftest import RECIPES

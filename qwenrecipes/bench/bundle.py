@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qwenrecipes.engines import ENGINES
+from qwenrecipes.engines.base import BundleSpec
 from qwenrecipes.errors import QwenRecipesError
 
 DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
@@ -33,55 +35,6 @@ DEFAULT_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinu
 _BNB_TRIM = ("bitsandbytes/libbitsandbytes_*.so", "!libbitsandbytes_cuda130.so", "!libbitsandbytes_cpu.so")
 ARCHIVE_NAME = "site.tar.xz"
 _COMMON_TRIMS = ("test", "*/tests", "*.dist-info/sboms", "*.data", "**/__pycache__")
-
-
-@dataclass(frozen=True)
-class BundleSpec:
-    packages: tuple[str, ...]  # name==version, wheels (pip download --only-binary)
-    sdists: tuple[str, ...] = ()  # pure-Python sdists built into wheels here (pip wheel)
-    trims: tuple[str, ...] = ()  # globs under site/ to delete
-    keep_models: tuple[str, ...] = ()  # transformers/models/<name> kept whole when transformers is bundled
-    keep_modeling: tuple[str, ...] = ()  # ... or: every model package kept, modeling_*.py only for these
-    notes: str = ""
-
-
-SPECS: dict[str, BundleSpec] = {
-    "trl": BundleSpec(
-        packages=("trl==1.9.0", "datasets==4.8.5", "dill==0.4.1", "multiprocess==0.70.19", "bitsandbytes==0.50.2",
-                  "liger_kernel==0.8.5"),
-        notes="transformers, peft, accelerate, torch, triton, pyarrow, fsspec, xxhash from the host",
-    ),
-    "axolotl": BundleSpec(
-        packages=("axolotl==0.19.0", "transformers==5.16.1", "peft==0.20.0", "trl==1.9.0", "datasets==4.8.4",
-                  "dill==0.4.1", "multiprocess==0.70.19", "fsspec==2025.10.0", "pydantic==2.12.5",
-                  "pydantic_core==2.41.5", "annotated_types==0.8.0", "typing_inspection==0.4.5",
-                  "typing_extensions==4.15.0", "addict==2.4.0", "fire==0.7.1", "termcolor==3.3.0",
-                  "python-dotenv==1.0.1", "posthog==6.7.11", "backoff==2.2.1", "distro==1.9.0", "fastcore==2.2.41",
-                  "evaluate==0.4.1", "wandb==0.31.0", "platformdirs==4.14.8", "opentelemetry-api==1.45.2",
-                  "bitsandbytes==0.50.2", "torchao==0.17.0", "liger_kernel==0.8.1"),
-        sdists=("axolotl-contribs-lgpl==0.0.7",),
-        trims=("wandb/bin", "torchao/_C*.so", "torchao/_models", "torchao/csrc", "transformers/models/**/modular_*.py"),
-        notes="accelerate, huggingface_hub, tokenizers, torch, triton from the host; transformers whole (Liger)",
-    ),
-    "llamafactory": BundleSpec(
-        packages=("llamafactory==0.9.5", "transformers==5.6.0", "tokenizers==0.22.2", "peft==0.18.1",
-                  "accelerate==1.11.0", "trl==0.24.0", "datasets==4.0.0", "dill==0.3.8", "multiprocess==0.70.16",
-                  "fsspec==2025.3.0", "omegaconf==2.4.0", "bitsandbytes==0.50.2",
-                  "liger_kernel==0.8.5"),
-        trims=("llamafactory/webui", "transformers/models/**/modular_*.py"),
-        notes="transformers travels whole: Liger imports ~20 model families' modeling files at import",
-    ),
-    "unsloth": BundleSpec(
-        packages=("unsloth==2026.10.9", "unsloth_zoo==2026.10.9", "trl==1.15.0", "datasets==4.8.5", "dill==0.4.1",
-                  "multiprocess==0.70.19", "bitsandbytes==0.50.2", "cut_cross_entropy==25.1.1", "torchao==0.18.0",
-                  "tyro==1.0.17", "docstring_parser==0.18.0", "typeguard==4.6.1", "shtab==1.13.0",
-                  "msgspec==0.22.0", "pydantic==2.14.4", "pydantic_core==2.50.5", "annotated_types==0.8.0",
-                  "typing_inspection==0.4.5", "typing_extensions==4.16.0", "json5==0.17.3", "nest_asyncio==1.6.0",
-                  "structlog==26.1.0", "wheel==0.48.0", "certifi==2026.10.19.post1"),
-        trims=("studio", "torchao/_C*.so"),
-        notes="unsloth's Studio web app (82 MB) is not used for training",
-    ),
-}
 
 
 @dataclass
@@ -165,6 +118,11 @@ def _size_mib(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
 
 
+def bundle_spec(engine: str) -> BundleSpec | None:
+    """The engine's bundle recipe (``Engine.bundle``); None for an unknown engine or one without a bundle."""
+    return ENGINES[engine].bundle() if engine in ENGINES else None
+
+
 def build_bundle(engine: str, python_version: str, platforms: Sequence[str] | None, host_has: Path | None,
                  out_dir: Path, *, max_mib: float = 55.0, wheel_cache: Path | None = None,
                  progress: Callable[[str], None] | None = None) -> BundleResult:
@@ -172,9 +130,10 @@ def build_bundle(engine: str, python_version: str, platforms: Sequence[str] | No
     out_dir/site, trim, and refuse a bundle over ``max_mib``. A package the host has at the same version
     (``host_has``: its pip freeze) is skipped."""
     report = progress or (lambda message: None)
-    spec = SPECS.get(engine)
+    spec = bundle_spec(engine)
     if spec is None:
-        raise QwenRecipesError(f"no bundle recipe for {engine!r}: choose one of {', '.join(SPECS)}")
+        known = ", ".join(name for name in ENGINES if ENGINES[name].bundle() is not None)
+        raise QwenRecipesError(f"no bundle recipe for {engine!r}: choose one of {known}")
     if not re.fullmatch(r"3\.\d+", python_version):
         raise QwenRecipesError(f"--python {python_version!r}: expected X.Y, e.g. 3.12")
     host = read_freeze(host_has)

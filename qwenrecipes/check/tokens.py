@@ -11,7 +11,7 @@ with one reference: the Qwen3 tokenizer (``tokenizers``) on ``chatml_text`` with
   ``<|im_end|>`` are masked (-100). "Overlaps" is the rule transformers' ``{% generation %}`` masks use.
 - ``train_on: all``: every token is trained.
 
-A difference the engine makes impossible to remove (``RESIDUALS``) is reported as a known residual, not a
+A difference the engine makes impossible to remove (``Engine.residuals``) is reported as a known residual, not a
 failure: the engine's labels must then equal the reference with exactly that documented change applied.
 """
 
@@ -24,18 +24,20 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.resources import as_file, files
+from importlib.resources import as_file
 from pathlib import Path
 from typing import Any, Literal
 
 from qwenrecipes.data import prepare as datamod
+from qwenrecipes.engines import ENGINES
+from qwenrecipes.engines.base import Residual
 from qwenrecipes.errors import EngineError, QwenRecipesError
 from qwenrecipes.recipe.plan import EVAL_FILE, TRAIN_FILE, Plan
 
 IGNORE = -100
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
-CHECK_ENGINES = ("axolotl", "llamafactory", "trl", "unsloth")
+CHECK_SCRIPT = "check_tokens.py"  # in each engine's folder; runs inside the engine env
 DEFAULT_SAMPLES = 3
 # Engine imports alone take 10-60 s on a busy 2-core machine; tokenizing a dozen rows is nothing next to it.
 ENGINE_TIMEOUT_S = 900.0
@@ -195,82 +197,17 @@ def reference_tokens(messages: Sequence[Mapping[str, str]], train_on: str) -> To
     return Tokens(ids, labels)
 
 
-def _turn_spans(messages: Sequence[Mapping[str, str]]) -> list[tuple[int, int]]:
-    """Content + <|im_end|> of every turn, whatever the role (Axolotl's `train_on: all`)."""
-    spans, position = [], 0
-    for message in messages:
-        start = position + len(f"{IM_START}{message['role']}\n")
-        end = start + len(message["content"]) + len(IM_END)
-        spans.append((start, end))
-        position = end + 1
-    return spans
-
-
-def _labels_from_spans(messages: Sequence[Mapping[str, str]], spans: list[tuple[int, int]]) -> list[int]:
-    encoding = _tokenizer().encode(datamod.chatml_text(messages), add_special_tokens=False)
-    return [token if any(start < span_end and span_start < end for span_start, span_end in spans) else IGNORE
-            for token, (start, end) in zip(encoding.ids, encoding.offsets, strict=True)]
-
-
 # -------------------------------------------------------------------------------------------- residuals
 
 
-@dataclass(frozen=True)
-class Residual:
-    """A documented difference an engine makes impossible to remove: how it changes the reference labels."""
-
-    engine: str
-    name: str
-    description: str
-    train_on: str  # the recipe's train_on it applies to
-    apply: Callable[[Sequence[Mapping[str, str]], Tokens, list[int]], list[int]]  # (messages, reference, labels)
-
-
-def _lf_trailing_newline(messages: Sequence[Mapping[str, str]], reference: Tokens, labels: list[int]) -> list[int]:
-    """LF's assistant slot is `{{content}}<|im_end|>\\n`: the newline after each trained <|im_end|> is trained."""
-    tokenizer = _tokenizer()
-    im_end, newline = tokenizer.token_to_id(IM_END), tokenizer.token_to_id("Ċ")  # Ċ: byte-level "\\n"
-    out = list(labels)
-    for i in range(len(out) - 1):
-        if out[i] == im_end and reference.input_ids[i + 1] == newline:
-            out[i + 1] = newline
-    return out
-
-
-def _axolotl_headers_masked(messages: Sequence[Mapping[str, str]], reference: Tokens, labels: list[int]) -> list[int]:
-    """Axolotl's chat_template strategy trains every turn's content + <|im_end|> but never the role headers."""
-    return _labels_from_spans(messages, _turn_spans(messages))
-
-
-def _axolotl_empty_turn(messages: Sequence[Mapping[str, str]], reference: Tokens, labels: list[int]) -> list[int]:
-    """Axolotl finds a turn's span by diffing renders; an empty content has no span, so the turn is skipped and
-    its <|im_end|> (the only token the canonical rule trains there) stays masked."""
-    encoding = _tokenizer().encode(datamod.chatml_text(messages), add_special_tokens=False)
-    empty_ends = [(start, start + len(IM_END)) for (start, _end), message in zip(_turn_spans(messages), messages,
-                                                                                   strict=True)
-                  if message["content"] == ""]
-    return [IGNORE if any(s < e_end and e_start < e for e_start, e_end in empty_ends) else label
-            for label, (s, e) in zip(labels, encoding.offsets, strict=True)]
-
-
-RESIDUALS: tuple[Residual, ...] = (
-    Residual("llamafactory", "trailing_newline",
-             "LLaMA-Factory trains the \\n after each assistant <|im_end|> (its qwen3_nothink slot is "
-             "content<|im_end|>\\n; no flag removes it)", "assistant", _lf_trailing_newline),
-    Residual("axolotl", "empty_turn_masked",
-             "Axolotl skips an assistant turn whose content is empty (possible only with qwen3_nothink), so its "
-             "<|im_end|> is not trained; no flag changes it", "assistant", _axolotl_empty_turn),
-    Residual("axolotl", "headers_masked",
-             "Axolotl masks the <|im_start|>role\\n headers and the \\n between turns even with train_on_inputs "
-             "(its chat_template strategy has no every-token mode)", "all", _axolotl_headers_masked),
-    Residual("axolotl", "empty_turn_masked",
-             "Axolotl skips a turn whose content is empty, so its <|im_end|> is not trained", "all",
-             _axolotl_empty_turn),
-)
-
-
 def residuals_for(engine: str, train_on: str) -> list[Residual]:
-    return [r for r in RESIDUALS if r.engine == engine and r.train_on == train_on]
+    """The engine's known residuals (``Engine.residuals``) for the recipe's train_on."""
+    return [r for r in ENGINES[engine].residuals() if r.train_on == train_on]
+
+
+def check_engines() -> list[str]:
+    """Every registered engine that ships a token-check script (``check_tokens.py`` in its folder)."""
+    return [name for name in ENGINES if ENGINES[name].folder.joinpath(CHECK_SCRIPT).is_file()]
 
 
 # ------------------------------------------------------------------------------------------- comparison
@@ -399,10 +336,13 @@ def check_plan_for(plan: Plan) -> Plan:
 def _script_output(engine: str, python: Path, folder: Path, environment: dict[str, str],
                    timeout: float) -> dict[str, Any]:
     out_file = folder / OUTPUT_FILE
-    resource = files("qwenrecipes").joinpath("engines", engine, "check_tokens.py")
+    resource = ENGINES[engine].folder.joinpath(CHECK_SCRIPT)
     with as_file(resource) as script:
         try:
-            proc = subprocess.run([str(python), str(script), str(out_file)], cwd=folder, env=environment,
+            # -P: `python script.py` puts the script's folder first on sys.path, and that folder is the engine's
+            # package folder, whose sibling modules (native.py, bundle.py, logs.py, ...) would shadow any real
+            # module of that name in the engine env. -P (Python 3.11+, every engine lock) leaves it out.
+            proc = subprocess.run([str(python), "-P", str(script), str(out_file)], cwd=folder, env=environment,
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {"ok": False, "error": f"{engine}'s preprocessing did not finish in {timeout:.0f} s"}
@@ -490,7 +430,7 @@ class CheckReport:
             "engines": {e.engine: {"status": e.status, "ok": e.ok, "reason": e.reason or None,
                                    "detail": e.detail or None} for e in self.engines},
             "residuals": {r.name: {"engine": r.engine, "train_on": r.train_on, "description": r.description}
-                          for r in RESIDUALS if r.train_on == self.train_on},
+                          for e in self.engines for r in residuals_for(e.engine, self.train_on)},
             "samples": samples,
         }
 
@@ -501,10 +441,11 @@ def check_recipe(plan: Plan, engines: Sequence[str] | None = None, *, data_sampl
     """Check every engine (default: all four) against the reference. An engine named in `engines` whose env
     is missing is an error; with the default list it is skipped (reported, not a failure)."""
     explicit = engines is not None
-    names = list(engines) if engines is not None else list(CHECK_ENGINES)
-    unknown = [n for n in names if n not in CHECK_ENGINES]
+    known = check_engines()
+    names = list(engines) if engines is not None else known
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise QwenRecipesError(f"unknown engine(s) {', '.join(unknown)}: choose from {', '.join(CHECK_ENGINES)}")
+        raise QwenRecipesError(f"unknown engine(s) {', '.join(unknown)}: choose from {', '.join(known)}")
     if plan.train_rows is None:
         raise QwenRecipesError("check needs local training data (a hub dataset is not read by qwenrecipes)")
     train_on = plan.recipe.data["train_on"]

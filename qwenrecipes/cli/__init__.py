@@ -117,7 +117,7 @@ def recipes() -> None:
 def validate(recipe: Path, target: str, engine: str | None, native: bool) -> None:
     """Check a recipe: schema, cross-field rules, data, and each engine's memory fit. Reports every problem at once."""
     from qwenrecipes.recipe.plan import plan_recipe
-    from qwenrecipes.recipe.resolve import memory_lines, resolve_engines
+    from qwenrecipes.render.resolve import memory_lines, resolve_engines
 
     plan = plan_recipe(recipe, target=_target(target))
     for warning in plan.warnings:

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from qwenrecipes.check.tokens import CHECK_ENGINES, DEFAULT_SAMPLES, CheckReport, residuals_for
+from qwenrecipes.check.tokens import DEFAULT_SAMPLES, CheckReport, check_engines, residuals_for
 
 TARGETS = ["auto", "cpu", "cuda"]
 EXIT_MISMATCH = 1
@@ -26,10 +26,11 @@ def _engine_list(value: str | None) -> list[str] | None:
     if value is None:
         return None
     names = [n.strip() for n in value.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CHECK_ENGINES]
+    known = check_engines()
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise click.BadParameter(f"unknown engine(s) {', '.join(unknown) or '(none)'}; "
-                                 f"choose from {', '.join(CHECK_ENGINES)}")
+                                 f"choose from {', '.join(known)}")
     return names
 
 
@@ -72,8 +73,8 @@ def print_report(report: CheckReport) -> None:
 @click.command("check")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--engines", "-e", "engines", default=None,
-              help=f"Comma-separated engines (default: all of {','.join(CHECK_ENGINES)}; an engine without an "
-                   "env is then skipped, a named one is an error).")
+              help="Comma-separated engines (default: every engine with a token-check script; an engine without "
+                   "an env is then skipped, a named one is an error).")
 @click.option("--samples", "-n", type=click.IntRange(min=0), default=DEFAULT_SAMPLES, show_default=True,
               help="Rows of the recipe's data to check, besides the built-in hard cases.")
 @click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True,

@@ -14,7 +14,7 @@ import click
 
 from qwenrecipes.run import envs
 
-ENGINE_CHOICE = click.Choice(sorted(envs.ENGINE_PACKAGES))
+ENGINE_CHOICE = click.Choice(sorted(envs.env_names()))
 
 
 def _console() -> Any:
@@ -142,7 +142,7 @@ def doctor(ctx: click.Context, engine: str | None) -> None:
 
     console = _console()
     failed = False
-    for name in [engine] if engine else sorted(envs.ENGINE_PACKAGES):
+    for name in [engine] if engine else sorted(envs.env_names()):
         with console.status(f"checking {name} (imports the engine: can take a minute)"):
             report = envs.doctor(name, env_dir=_env_dir(ctx))
         mark = "[green]ok[/]" if report.ok else "[red]problem[/]"

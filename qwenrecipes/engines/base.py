@@ -1,23 +1,22 @@
-"""What every engine module provides, and the rendering helpers they share.
+"""What an engine is (the ``Engine`` protocol), the defaults a new engine inherits (``BaseEngine``), and the
+environment/ChatML facts every engine shares.
 
-Adding an engine = one module here (registered in ``engines/__init__.py``), one folder under
-``templates/``, and one golden folder per example recipe under ``tests/golden/``.
+An engine lives in one folder, ``qwenrecipes/engines/<name>/`` (or any package, registered through the
+``qwenrecipes.engines`` entry-point group): its renderer, lock, token-check script, log vocabulary, native
+check, memory profile, residuals and bench facts. Core modules ask the engine object; they never branch on a
+name. See docs/engines.md.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-from functools import lru_cache
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
-import jinja2
-import yaml
-
-from qwenrecipes.paths import qwenrecipes_home
+from qwenrecipes.recipe.memory import DEFAULT_PROFILE, EngineProfile
 from qwenrecipes.recipe.plan import Plan
 from qwenrecipes.resources import resource
 
@@ -39,11 +38,77 @@ CHATML_TEMPLATE = (
 CHATML_TEMPLATE_PLAIN = CHATML_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
 
 
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """How `qwenrecipes env` builds and checks the engine's isolated environment (the lock is ``lock.txt`` in the
+    engine's folder)."""
+
+    package: str  # the distribution that *is* the engine: its version is the engine's version
+    health_imports: tuple[str, ...]  # "module" or "module:attribute" a training run really loads
+    needs_gpu: bool = False  # the import fails without a CUDA GPU: a CPU host reports "needs a CUDA GPU"
+    health_env: Mapping[str, str] = field(default_factory=dict)  # extra variables for the health check's import
+    # An interpreter that already has the engine installed: no venv is built, `run`/`check` use it as is
+    # (a plug-in developed in the current environment, the test engine). None: a pinned venv from the lock.
+    python: str | None = None
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """What an offline bundle of the engine (`qwenrecipes env bundle`, bench/bundle.py) carries: the wheels of
+    its training path that a host with torch and transformers lacks."""
+
+    packages: tuple[str, ...]  # name==version, wheels (pip download --only-binary)
+    sdists: tuple[str, ...] = ()  # pure-Python sdists built into wheels here (pip wheel)
+    trims: tuple[str, ...] = ()  # globs under site/ to delete
+    keep_models: tuple[str, ...] = ()  # transformers/models/<name> kept whole when transformers is bundled
+    keep_modeling: tuple[str, ...] = ()  # ... or: every model package kept, modeling_*.py only for these
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class Residual:
+    """A documented token difference the engine makes impossible to remove (`qwenrecipes check`): how it changes
+    the reference labels. ``apply(messages, reference, labels)``; reference has ``input_ids`` and ``labels``."""
+
+    engine: str
+    name: str
+    description: str
+    train_on: str  # the recipe's data.train_on it applies to
+    apply: Callable[[Sequence[Mapping[str, str]], Any, list[int]], list[int]]
+
+
+# An ``Engine.log_keys`` target: the key is kept under its own name and used as memory_gb only when the log dict
+# has no key mapped to memory_gb itself (a second-best memory figure; run/events.py).
+MEMORY_FALLBACK = "memory_gb_fallback"
+
+# A native check: a Python snippet run inside the engine env with the render folder as cwd, printing one JSON
+# line {"ok": bool, "error": str}; or a function of the render folder run here (an engine that cannot be
+# imported on this host), returning the error or None.
+NativeCheck = str | Callable[[Path], str | None]
+
+
 class Engine(Protocol):
-    """One training engine. Pure functions of the plan: no I/O, no engine imports."""
+    """One training engine. render/command/environment/effective are pure functions of the plan or files: no
+    I/O, no engine imports. The other members are facts core modules ask for instead of naming engines."""
 
     name: str
     main_file: str  # the file `render` prints without -o
+    env: EnvSpec
+    supports_liger: bool  # the rendered config can switch Liger kernels on (`liger_kernel: auto`)
+    memory_profile: EngineProfile  # coefficients of the GPU memory estimate (recipe/memory.py)
+    log_keys: Mapping[str, str]  # HF log-dict keys this engine prints -> event schema keys (run/events.py)
+    console_modules: Mapping[str, str]  # console script -> module, for bundles that have no scripts (bench)
+
+    @property
+    def folder(self) -> Traversable:
+        """The engine's package folder: ``lock.txt`` and ``check_tokens.py`` live there."""
+        ...
+
+    @property
+    def templates(self) -> Traversable:
+        """The folder its ``render_template("<name>/...")`` names are read from."""
+        ...
 
     def render(self, plan: Plan) -> dict[str, str]:
         """Relative path -> file text for everything the engine needs besides the prepared data."""
@@ -64,112 +129,61 @@ class Engine(Protocol):
         engine's own defaults for anything the files leave out."""
         ...
 
+    def lora_kernels(self, plan: Plan) -> bool:
+        """Whether the render switches on fused LoRA kernels (they change the memory estimate)."""
+        ...
 
-class _Dumper(yaml.SafeDumper):
-    """SafeDumper that keeps every string exact: PyYAML writes NEL / LINE and PARAGRAPH SEPARATOR raw inside
-    plain or single-quoted scalars, where a reader folds them to spaces; double quotes escape them."""
+    def native_check(self) -> NativeCheck | None:
+        """How `validate --native` asks the engine about a rendered folder; None: not supported."""
+        ...
 
+    def residuals(self) -> Sequence[Residual]:
+        """Token differences `check` reports as known residuals instead of mismatches."""
+        ...
 
-_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = '"' if any(c in value for c in _LINE_BREAKS) else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _represent_str)
-
-
-def dump_yaml(value: Any) -> str:
-    """The one way values enter YAML: a safe dumper, readable unicode, exact round trip."""
-    return yaml.dump(value, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000)
+    def bundle(self) -> BundleSpec | None:
+        """What an offline bundle of this engine holds; None: no bundle."""
+        ...
 
 
-def _to_yaml(value: Any) -> str:
-    return dump_yaml(value).rstrip("\n")
+class BaseEngine:
+    """Defaults for every member of ``Engine`` but render/command/environment/effective: subclass it and set
+    ``name``, ``main_file`` and ``env``. The folder is the package the subclass is defined in."""
 
+    name: str
+    main_file: str
+    env: EnvSpec
+    supports_liger: bool = False
+    memory_profile: EngineProfile = DEFAULT_PROFILE
+    log_keys: Mapping[str, str] = MappingProxyType({})
+    console_modules: Mapping[str, str] = MappingProxyType({})
 
-def _to_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=2)
+    @property
+    def folder(self) -> Traversable:
+        import sys
 
+        module = sys.modules[type(self).__module__]
+        # Path, not importlib.resources.files: the latter imports zipfile & co. on every render.
+        return Path(module.__file__ or "").resolve().parent
 
-def _comment(value: Any) -> str:
-    """A value safe inside a `#` comment line: newlines would end the comment and start code."""
-    return " ".join(str(value).split())
+    @property
+    def templates(self) -> Traversable:
+        """``templates/`` beside the engine's module (a plug-in's package data), else ``templates/<name>`` of
+        qwenrecipes (the built-ins': the repository's, shipped in the wheel)."""
+        own = self.folder.joinpath("templates")
+        return own if own.is_dir() else resource(f"templates/{self.name}")
 
+    def lora_kernels(self, plan: Plan) -> bool:
+        return False
 
-class _CompiledTemplateCache(jinja2.BytecodeCache):
-    """Compiled templates kept under ``$QWENRECIPES_HOME/jinja``, so a fresh `qwenrecipes render` process skips
-    Jinja's lex/parse/compile (1-14 ms per template on a 2-core VM, the Unsloth script being the slowest).
+    def native_check(self) -> NativeCheck | None:
+        return None
 
-    An entry is used only when its checksum matches: the template source plus ``salt`` (the Jinja version and
-    every compile-time option of the environment), so editing a template, upgrading Jinja or changing a
-    lexer setting all recompile; Jinja's own file header adds the Python version. The cache can only save
-    time: an unreadable, damaged or unwritable entry means compiling in memory, as without a cache."""
+    def residuals(self) -> Sequence[Residual]:
+        return ()
 
-    def __init__(self, salt: str) -> None:
-        self.salt = salt
-
-    def get_source_checksum(self, source: str) -> str:
-        return hashlib.sha256(f"{self.salt}\0{source}".encode()).hexdigest()
-
-    @staticmethod
-    def _path(bucket: jinja2.bccache.Bucket) -> Path:
-        return qwenrecipes_home() / "jinja" / f"{bucket.key}.cache"  # key: a hash of the template name
-
-    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-        try:
-            with self._path(bucket).open("rb") as handle:
-                bucket.load_bytecode(handle)
-        except FileNotFoundError:
-            pass
-        except Exception:  # a damaged entry (pickle/marshal errors) or an unreadable file: recompile
-            bucket.reset()
-
-    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-        path = self._path(bucket)
-        # Per-process temporary name + atomic rename: concurrent renders never read a half-written entry.
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with temporary.open("wb") as handle:
-                bucket.write_bytecode(handle)
-            os.replace(temporary, path)
-        except OSError:  # read-only or full disk: this render already has its compiled template
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
-
-
-def _compile_salt(env: jinja2.Environment) -> str:
-    """Everything besides the source that changes the code Jinja compiles a template into."""
-    options = (env.block_start_string, env.block_end_string, env.variable_start_string, env.variable_end_string,
-               env.comment_start_string, env.comment_end_string, env.line_statement_prefix, env.line_comment_prefix,
-               env.trim_blocks, env.lstrip_blocks, env.newline_sequence, env.keep_trailing_newline, env.optimized,
-               env.autoescape, sorted(env.extensions), sorted(env.filters), sorted(env.tests))
-    return f"jinja2 {jinja2.__version__} {options!r}"
-
-
-@lru_cache(maxsize=1)
-def jinja_env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(lambda name: resource(f"templates/{name}").read_text(encoding="utf-8")),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["to_yaml"] = _to_yaml
-    env.filters["to_json"] = _to_json
-    env.filters["py"] = repr  # Python literal of a str/int/float/bool/None/list/dict: data stays data
-    env.filters["comment"] = _comment
-    env.bytecode_cache = _CompiledTemplateCache(_compile_salt(env))
-    return env
-
-
-def render_template(name: str, **context: Any) -> str:
-    return jinja_env().get_template(name).render(**context)
+    def bundle(self) -> BundleSpec | None:
+        return None
 
 
 # Telemetry off: the one list, used by every engine's environment() (so the rendered COMMAND file alone runs

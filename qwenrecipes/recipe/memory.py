@@ -14,10 +14,11 @@ bench reports), of one optimizer step at the worst case (every row of the micro-
   RMSNorm inputs, q/k norms, RoPE, sdpa's q/k/v/out, the SwiGLU tensors, LoRA dropout copies), times an
   engine coefficient; with checkpointing, only each layer's input plus one layer being recomputed;
 - logits per token: the engines that upcast the full 151,936-wide logits to fp32 pay ~10 bytes per
-  vocab entry, TRL's chunked loss ~0.5, Liger's and Unsloth's fused linear cross-entropy nothing;
+  vocab entry, a chunked loss ~0.5, a fused linear cross-entropy (Liger's or the engine's own) nothing;
 - a fixed allowance per engine.
 
-The engine coefficients are calibrated on measured H200 points (``ENGINE_PROFILES``); the fit rule is
+The engine coefficients (``EngineProfile``, each engine's ``memory_profile``) are calibrated on measured H200
+points; the fit rule is
 ``FIT_FACTOR`` x estimate + ``FIT_HEADROOM_GIB`` <= the GPU's memory.
 """
 
@@ -189,43 +190,26 @@ def fits(estimate_gib: float, memory_gb: float) -> bool:
 # -------------------------------------------------------------------------------------- estimator
 @dataclass(frozen=True)
 class EngineProfile:
-    """Per-engine coefficients of the estimate (see ENGINE_PROFILES)."""
+    """Per-engine coefficients of the estimate (each engine's ``memory_profile``)."""
 
     fixed_gib: float  # allowance the step always holds (cuBLAS/attention workspaces, buffers)
     activations: float  # x the counted activations kept per layer (no checkpointing)
-    checkpoints: float  # x the layer inputs kept with checkpointing (Unsloth offloads most of them to CPU)
+    checkpoints: float  # x the layer inputs kept with checkpointing (an engine may offload some to CPU)
     logits_bytes: float  # bytes per token per vocab entry for the loss when it is not fused
     liger: float  # activation factor with Liger's fused RMSNorm / SwiGLU / RoPE
-    lora_kernels: float  # activation factor with fused LoRA kernels (Axolotl's lora_{mlp,qkv,o}_kernel)
-    fused_loss: bool = False  # the loss never materialises the logits (Unsloth's fused cross-entropy)
+    lora_kernels: float  # activation factor with fused LoRA kernels (Engine.lora_kernels)
+    fused_loss: bool = False  # the loss never materialises the logits (the engine's own fused cross-entropy)
 
 
 # Calibrated on torch max_memory_allocated (GiB) measured on one H200 (benchmarks/results/h200-qwen3-4b.json,
 # benchmarks/NOTES.md): random-init Qwen3-4B, seq 2048 x micro-batch 4, LoRA r=16 on the 7 projections,
-# dropout 0, bf16, adamw_torch.
-#   engine              ckpt on  ckpt off  off+Liger  off+LoRA kernels  QLoRA ckpt on  seq 8192 x 1 ckpt on
-#   trl 1.9              11.8     58.0      45.3        -                 6.6            11.8
-#   llamafactory 0.9.5   23.3     69.6      -           -                 18.3           -
-#   axolotl 0.19         23.3     69.7      -           52.5              18.3           -
-#   unsloth 2026.10       9.6     36.0      -           -                  4.5           -
-#   transformers+peft    25.7     86.6      -           -                 -              -
-# Reading: the counted activations (48.9 GiB at 8192 tokens) match TRL and LLaMA-Factory without
-# checkpointing (activations 1.0); LLaMA-Factory/Axolotl sit 11.5 GiB above TRL with and without
-# checkpointing: the fp32 logits (bf16 logits + fp32 copy + fp32 grad = 10 bytes per entry); Liger keeps
-# 0.75 of the activations and no logits; Axolotl's LoRA kernels keep 0.65; Unsloth keeps 0.56, offloads
-# three quarters of the checkpoints and fuses its loss; the plain transformers+peft script keeps 1.3x.
-ENGINE_PROFILES: dict[str, EngineProfile] = {
-    "trl": EngineProfile(fixed_gib=0.5, activations=1.0, checkpoints=1.0, logits_bytes=0.5, liger=0.753,
-                         lora_kernels=1.0),
-    "llamafactory": EngineProfile(fixed_gib=0.5, activations=1.0, checkpoints=1.0, logits_bytes=10.4, liger=0.753,
-                                  lora_kernels=1.0),
-    "axolotl": EngineProfile(fixed_gib=0.5, activations=1.0, checkpoints=1.0, logits_bytes=10.4, liger=0.753,
-                             lora_kernels=0.652),
-    "unsloth": EngineProfile(fixed_gib=0.5, activations=0.563, checkpoints=0.25, logits_bytes=0.0, liger=1.0,
-                             lora_kernels=1.0, fused_loss=True),
-    "transformers": EngineProfile(fixed_gib=0.5, activations=1.31, checkpoints=1.0, logits_bytes=12.1, liger=0.753,
-                                  lora_kernels=1.0),
-}
+# dropout 0, bf16, adamw_torch. Each engine's profile and its row of the measurements live with the engine
+# (``Engine.memory_profile`` in engines/<name>/). The counted activations (48.9 GiB at 8192 tokens) match
+# the plainest Trainer setups without checkpointing (activations 1.0).
+# The plain transformers+peft script (25.7 GiB ckpt on, 86.6 off) keeps 1.3x the counted activations and
+# fp32 logits: the conservative default for an engine that brings no profile of its own.
+DEFAULT_PROFILE = EngineProfile(fixed_gib=0.5, activations=1.31, checkpoints=1.0, logits_bytes=12.1, liger=0.753,
+                                lora_kernels=1.0)
 
 
 def layer_activation_bytes(dims: ModelDims, *, dtype_bytes: int, lora_dropout: float = 0.0,
@@ -248,14 +232,13 @@ def layer_activation_bytes(dims: ModelDims, *, dtype_bytes: int, lora_dropout: f
     return total
 
 
-def estimate_breakdown(engine: str, dims: ModelDims, method: str, seq_len: int, micro_batch: int,
+def estimate_breakdown(profile: EngineProfile, dims: ModelDims, method: str, seq_len: int, micro_batch: int,
                        gradient_checkpointing: bool, liger: bool, fused_lora_kernels: bool = False, *,
                        lora_r: int = 16, target_modules: tuple[str, ...] = ALL_LINEAR, lora_dropout: float = 0.0,
                        modules_to_save: tuple[str, ...] = (), dtype_bytes: int = 2, optimizer: str = "adamw_torch",
                        double_quant: bool = True, attn: str = "sdpa", gpus: int = 1, strategy: str = "none",
                        zero_offload: bool = False) -> dict[str, float]:
     """The estimate's parts in GiB: weights, trainable state, activations, logits, fixed."""
-    profile = ENGINE_PROFILES[engine]
     tokens = seq_len * micro_batch
     opt = 0.0 if zero_offload else OPTIMIZER_STATE_BYTES.get(optimizer, 8.0)
     shard_state = gpus if strategy in ("deepspeed_zero2", "deepspeed_zero3", "fsdp") else 1
@@ -294,10 +277,10 @@ def estimate_breakdown(engine: str, dims: ModelDims, method: str, seq_len: int, 
     }
 
 
-def estimate_peak_gib(engine: str, dims: ModelDims, method: str, seq_len: int, micro_batch: int,
+def estimate_peak_gib(profile: EngineProfile, dims: ModelDims, method: str, seq_len: int, micro_batch: int,
                       gradient_checkpointing: bool, liger: bool, fused_lora_kernels: bool = False,
                       **options: Any) -> float:
     """Estimated torch peak allocation (GiB) of one training step on one GPU; options as estimate_breakdown."""
-    parts = estimate_breakdown(engine, dims, method, seq_len, micro_batch, gradient_checkpointing, liger,
+    parts = estimate_breakdown(profile, dims, method, seq_len, micro_batch, gradient_checkpointing, liger,
                                fused_lora_kernels, **options)
     return sum(parts.values())

@@ -9,8 +9,8 @@ from typing import Any
 
 from qwenrecipes.recipe.concepts import CONCEPTS
 from qwenrecipes.recipe.plan import Plan
-from qwenrecipes.recipe.resolve import resolve_for_engine
 from qwenrecipes.render.folder import get_engine, render_plan
+from qwenrecipes.render.resolve import resolve_for_engine
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import TextIO
 
 from qwenrecipes.engines import ENGINES
-from qwenrecipes.engines.base import Engine, dump_yaml
+from qwenrecipes.engines.base import Engine
+from qwenrecipes.engines.templating import dump_yaml
 from qwenrecipes.errors import QwenRecipesError
 from qwenrecipes.recipe.plan import EVAL_FILE, TRAIN_FILE, Plan
-from qwenrecipes.recipe.resolve import resolve_for_engine
+from qwenrecipes.render.resolve import resolve_for_engine
 from qwenrecipes.render.write import publish, write_file
 
 RESOLVED_RECIPE = "recipe.resolved.yaml"

@@ -11,12 +11,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from qwenrecipes.engines import ENGINES
 from qwenrecipes.errors import Problem, QwenRecipesError, RecipeError
 from qwenrecipes.recipe import memory
 from qwenrecipes.recipe.plan import Plan
-
-# Engines whose rendered config can switch Liger on. Unsloth patches the same ops with its own fused kernels.
-LIGER_ENGINES = ("trl", "llamafactory", "axolotl")
 
 
 def _liger(plan: Plan, engine: str) -> tuple[bool, str]:
@@ -30,7 +28,7 @@ def _liger(plan: Plan, engine: str) -> tuple[bool, str]:
         return False, f"auto: off with {plan.precision} training"
     if method == "qlora":
         return False, "auto: off with qlora (Liger fails on 4-bit weights in several engines)"
-    if engine not in LIGER_ENGINES:
+    if not ENGINES[engine].supports_liger:  # such an engine fuses the same ops with its own kernels, or cannot
         return False, f"auto: off for {engine}, which fuses the same ops with its own kernels"
     return True, "auto: on (fused linear cross-entropy: same loss, the full logits are never materialised)"
 
@@ -42,11 +40,8 @@ def _divisors_below(n: int) -> list[int]:
 def estimator_for(plan: Plan, engine: str, dims: memory.ModelDims, liger: bool) -> Callable[[int, bool], float]:
     """estimate(micro_batch, gradient_checkpointing) -> GiB for this plan and engine."""
     recipe = plan.recipe
-    kernels = False
-    if engine == "axolotl":  # imported only then: rendering another engine never loads Axolotl's module
-        from qwenrecipes.engines.axolotl.engine import fused_lora_kernels
-
-        kernels = fused_lora_kernels(plan)
+    engine_obj = ENGINES[engine]
+    kernels, profile = engine_obj.lora_kernels(plan), engine_obj.memory_profile
     options: dict[str, Any] = {
         "lora_r": recipe.lora["r"], "target_modules": tuple(recipe.target_modules),
         "lora_dropout": float(recipe.lora["dropout"]) if recipe.uses_adapter else 0.0,
@@ -59,7 +54,7 @@ def estimator_for(plan: Plan, engine: str, dims: memory.ModelDims, liger: bool) 
     method, seq_len = recipe.method["type"], recipe.data["max_seq_length"]
 
     def estimate(micro_batch: int, checkpointing: bool) -> float:
-        return memory.estimate_peak_gib(engine, dims, method, seq_len, micro_batch, checkpointing, liger, kernels,
+        return memory.estimate_peak_gib(profile, dims, method, seq_len, micro_batch, checkpointing, liger, kernels,
                                         **options)
 
     return estimate

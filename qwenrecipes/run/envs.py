@@ -1,7 +1,7 @@
 """One virtualenv per engine, built from a pinned lock file (pre-commit's env lifecycle).
 
-The engines cannot share one environment (their pins conflict: LLaMA-Factory wants transformers 5.6 and
-torch 2.9.1, Axolotl transformers 5.16.1, Unsloth trl<=1.15), so each gets its own venv under
+The engines cannot share one environment (their pins conflict: one wants transformers 5.6 and torch 2.9.1,
+another transformers 5.16.1, a third trl<=1.15), so each gets its own venv under
 ``<env root>/<engine>-<hash>``, where the hash covers the lock file's text and the Python minor version.
 Editing a lock therefore yields a new env next to the old one, which ``list_envs`` reports as stale.
 
@@ -34,43 +34,39 @@ from datetime import datetime, timezone
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from qwenrecipes import __version__
 from qwenrecipes.errors import EngineError
 from qwenrecipes.paths import qwenrecipes_home
 
-# Engine name -> the distribution that *is* the engine (its version goes into the marker as "engine").
-ENGINE_PACKAGES: dict[str, str] = {
-    "axolotl": "axolotl",
-    "llamafactory": "llamafactory",
-    "trl": "trl",
-    "unsloth": "unsloth",
-    # Not an engine: merge / generate / GGUF export with llama-cpp-python (built from source by pip: cmake + a
-    # C++ compiler, ~10+ minutes on 2 cores). Without it the trl env does merge, generate, f16/q8_0 export.
-    "tools": "llama-cpp-python",
-}
+if TYPE_CHECKING:
+    from qwenrecipes.engines.base import EnvSpec
 
-# What the health check imports, as "module" or "module:attribute". These are the modules a training run
-# really loads (not just the lazy top-level package: `import trl` or `import llamafactory.cli` take 0 s and
-# prove nothing), so a passing check means the run will at least start.
-_HEALTH_IMPORTS: dict[str, list[str]] = {
-    "axolotl": ["axolotl.cli.main", "axolotl.train"],
-    "llamafactory": ["llamafactory.train.tuner"],
-    "trl": ["trl:SFTTrainer", "peft:LoraConfig"],
-    "unsloth": ["unsloth:FastLanguageModel"],
-    "tools": ["peft:PeftModel", "transformers:AutoModelForCausalLM", "llama_cpp:llama_model_quantize"],
-}
+# Not an engine, but built and checked like one: merge / generate / GGUF export with llama-cpp-python (built from
+# source by pip: cmake + a C++ compiler, ~10+ minutes on 2 cores); its lock lives with export.
+TOOLS_ENV = "tools"
+_TOOLS_PACKAGE = "llama-cpp-python"
+_TOOLS_IMPORTS = ("peft:PeftModel", "transformers:AutoModelForCausalLM", "llama_cpp:llama_model_quantize")
 
-# Unsloth raises on import when no CUDA GPU is visible; on a CPU machine its env can still be installed,
-# and its health check reports "needs a CUDA GPU" instead of that import error.
-_NEEDS_GPU = frozenset({"unsloth"})
 
-# Extra per-engine variables for the health check (the run's own come from the engine module).
-_HEALTH_ENV: dict[str, dict[str, str]] = {
-    # LLaMA-Factory refuses to import when transformers/peft/trl differ from its own (narrow) version list.
-    "llamafactory": {"DISABLE_VERSION_CHECK": "1"},
-}
+def env_names() -> list[str]:
+    """Every env `qwenrecipes env` knows: each registered engine's, then the tools env."""
+    from qwenrecipes.engines import ENGINES
+
+    return [*ENGINES, TOOLS_ENV]
+
+
+def env_spec(engine: str) -> EnvSpec:
+    """What the engine's env holds and how its health is checked (``Engine.env``). The health check imports the
+    modules a training run really loads (not just the lazy top-level package, which proves nothing)."""
+    # Imported here: the registry loads the engine's module (and the plan modules) only when a spec is needed.
+    from qwenrecipes.engines import ENGINES
+    from qwenrecipes.engines.base import EnvSpec
+
+    _check_engine(engine)
+    return EnvSpec(_TOOLS_PACKAGE, _TOOLS_IMPORTS) if engine == TOOLS_ENV else ENGINES[engine].env
+
 
 # Distributions whose versions go into the marker and the `doctor` report.
 _REPORTED = ("torch", "transformers", "peft", "trl", "accelerate", "datasets")
@@ -80,7 +76,7 @@ _MARKER_VERSION = 1
 _BUILD_PREFIX = ".build-"
 _TRASH_PREFIX = ".trash-"
 
-# Axolotl's import takes ~10-20 s on 2 cores with warm caches; right after an install nothing is cached
+# The heaviest engine import takes ~10-20 s on 2 cores with warm caches; right after an install nothing is cached
 # yet, and CI machines are slow, so be generous: a hang is the only thing this guards against.
 HEALTH_TIMEOUT_S = 900.0
 
@@ -128,14 +124,18 @@ class Lock:
 def _lock_resource(engine: str) -> Traversable:
     """The packaged lock file of ``engine``: ``engines/<engine>/lock.txt`` (the tools env's lives with export).
     Tests point this at a tmp dir."""
-    if engine == "tools":
+    if engine == TOOLS_ENV:
         return files("qwenrecipes").joinpath("export", "tools.lock.txt")
-    return files("qwenrecipes").joinpath("engines", engine, "lock.txt")
+    from qwenrecipes.engines import ENGINES
+
+    return ENGINES[engine].folder.joinpath("lock.txt")
 
 
 def _check_engine(engine: str) -> None:
-    if engine not in ENGINE_PACKAGES:
-        known = ", ".join(sorted(ENGINE_PACKAGES))
+    from qwenrecipes.engines import ENGINES
+
+    if engine != TOOLS_ENV and engine not in ENGINES:
+        known = ", ".join(sorted(env_names()))
         raise EngineError(f"unknown engine {engine!r}: choose one of {known}")
 
 
@@ -325,11 +325,12 @@ def _scan(root: Path) -> Iterator[tuple[str, Path]]:
     """(engine, folder) for every visible env-like folder under root."""
     if not root.is_dir():
         return
+    known = set(env_names())
     for child in sorted(root.iterdir()):
         if child.name.startswith(".") or not child.is_dir():
             continue
         engine, sep, _ = child.name.rpartition("-")
-        if sep and engine in ENGINE_PACKAGES:
+        if sep and engine in known:
             yield engine, child
 
 
@@ -379,7 +380,12 @@ def _find_current(engine: str, root: Path, lock: Lock, python_minor: str | None)
 
 
 def env_for(engine: str, *, env_dir: str | os.PathLike[str] | None = None) -> EngineEnv:
-    """The installed env of ``engine`` for today's lock. Cheap (reads the marker, runs nothing)."""
+    """The installed env of ``engine`` for today's lock. Cheap (reads the marker, runs nothing). An engine whose
+    ``EnvSpec.python`` names an interpreter runs there: no venv, no lock (a plug-in in its own environment)."""
+    given = env_spec(engine).python
+    if given:
+        python = Path(given)
+        return EngineEnv(engine, python.parent.parent, python, python.parent)
     lock = load_lock(engine)
     root = env_root(env_dir)
     found = _find_current(engine, root, lock, None)
@@ -559,7 +565,7 @@ def _health_environment(engine: str) -> dict[str, str]:
     env = _install_environment()
     env.update(base_environment())
     env["HF_HUB_OFFLINE"] = "1"  # a health check must not download anything (nor hang offline)
-    env.update(_HEALTH_ENV.get(engine, {}))
+    env.update(env_spec(engine).health_env)
     return env
 
 
@@ -571,12 +577,13 @@ def check_health(engine: str, path: Path, *, timeout: float = HEALTH_TIMEOUT_S) 
     start = time.monotonic()
     if not python.exists():
         return Health("failed", {}, f"no interpreter at {python}", 0.0)
-    engine_dist = ENGINE_PACKAGES[engine]
+    env_facts = env_spec(engine)
+    engine_dist = env_facts.package
     spec = {
         "dists": [engine_dist, *[d for d in _REPORTED if d != engine_dist]],
         "required": [engine_dist, "torch"],
-        "imports": _HEALTH_IMPORTS[engine],
-        "needs_gpu": engine in _NEEDS_GPU,
+        "imports": list(env_facts.health_imports),
+        "needs_gpu": env_facts.needs_gpu,
         "mark": _HEALTH_MARK,
     }
     try:
@@ -769,7 +776,7 @@ def _build(
         _stream([*pip, *lock.bootstrap], env=env, stage="bootstrap", progress=report, log=log)
     # torch first, each step its own pip run *with* deps and always through pip: the machine's pip config
     # (find-links to a local CPU wheel, a constraint capping torch) decides the build, as for the hand-made
-    # envs the locks come from. LLaMA-Factory's env needs torch+torchvision, then torchaudio, separately.
+    # envs the locks come from. An env may need torch+torchvision, then torchaudio, separately.
     for step in lock.torch_steps:
         _stream([*pip, *step], env=env, stage="torch", progress=report, log=log)
     # The body is a full freeze, so --no-deps installs exactly it with no resolver run (fast, reproducible);
@@ -788,7 +795,7 @@ def _build(
         _stream([*pip, "--no-deps", "-r", str(req_file)], env=env, stage="lock", progress=report, log=log)
     report("check", "pip check")
     _stream([py, "-m", "pip", "check"], env=env, stage="check", progress=report, log=log)
-    report("health", f"importing {', '.join(_HEALTH_IMPORTS[engine])} (can take a minute)")
+    report("health", f"importing {', '.join(env_spec(engine).health_imports)} (can take a minute)")
     health = check_health(engine, build)
     log.write(f"\nhealth check ({health.seconds:.1f} s): {health.status}\n{health.message}\n")
     if health.status == "failed":

@@ -19,9 +19,12 @@ import ast
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
+
+from qwenrecipes.engines.base import MEMORY_FALLBACK
 
 SCHEMA_VERSION = 1
 
@@ -32,22 +35,17 @@ INTERNAL_TYPES = ("progress", "metrics")
 
 Event = dict[str, Any]
 
-# HF log-dict key -> schema key. Anything not listed is kept under its own (sanitised) name, so an
-# engine's extra metrics are never lost.
-_TRAIN_KEYS = {
+# HF log-dict key -> schema key: the Trainer's own keys. An engine adds the keys it prints itself
+# (``Engine.log_keys``); anything not listed is kept under its own (sanitised) name, so an engine's extra
+# metrics are never lost.
+_TRAIN_KEYS: Mapping[str, str] = {
     "loss": "loss",
     "train_loss": "loss",
     "learning_rate": "lr",
     "lr": "lr",
     "grad_norm": "grad_norm",
     "epoch": "epoch",
-    "num_tokens": "tokens_seen",  # TRL: cumulative tokens
-    "tokens/total": "tokens_seen",  # Axolotl include_tkps
     "num_input_tokens_seen": "tokens_seen",
-    "tokens/train_per_sec_per_gpu": "tokens_per_s",
-    "throughput": "tokens_per_s",
-    "memory/max_allocated (GiB)": "memory_gb",  # Axolotl: peak allocated is what OOMs
-    "vram_allocated": "memory_gb",  # LLaMA-Factory with RECORD_VRAM=1
 }
 # Keys that only appear in HF's final train() summary dict.
 _METRIC_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
@@ -110,8 +108,9 @@ def parse_log_dict(text: str) -> dict[str, Any] | None:
     return {k: _number(v) for k, v in value.items()}
 
 
-def event_from_log_dict(logs: dict[str, Any]) -> Event:
-    """Map one HF log dict to a train / eval / metrics event (no step: the dict has none)."""
+def event_from_log_dict(logs: dict[str, Any], keys: Mapping[str, str] = _TRAIN_KEYS) -> Event:
+    """Map one HF log dict to a train / eval / metrics event (no step: the dict has none). ``keys``: log key ->
+    schema key (the Trainer's, plus the engine's own: ``log_keys``)."""
     if any(k.startswith("eval_") for k in logs):
         event: Event = {"type": "eval"}
         for k, v in logs.items():
@@ -131,8 +130,8 @@ def event_from_log_dict(logs: dict[str, Any]) -> Event:
         return event
     event = {"type": "train"}
     for k, v in logs.items():
-        target = _TRAIN_KEYS.get(k)
-        if target is None:
+        target = keys.get(k)
+        if target is None or target == MEMORY_FALLBACK:
             event[_key(k)] = v
         elif target == "memory_gb":
             event[target] = max(v, event.get(target, 0)) if isinstance(v, (int, float)) else v
@@ -141,8 +140,8 @@ def event_from_log_dict(logs: dict[str, Any]) -> Event:
     for k in _COUNT_KEYS:
         if isinstance(event.get(k), float) and event[k].is_integer():
             event[k] = int(event[k])
-    # Axolotl's other memory keys: the peak of them is what a person compares across runs.
-    for k in ("memory/max_active (GiB)", "memory/device_reserved (GiB)"):
+    # An engine's second-best memory figures: some peak is what a person compares across runs.
+    for k in [k for k, target in keys.items() if target == MEMORY_FALLBACK]:
         if isinstance(logs.get(k), (int, float)) and "memory_gb" not in event:
             event["memory_gb"] = logs[k]
     return event
@@ -169,8 +168,9 @@ def _parse_progress(line: str) -> tuple[Event, str] | None:
     return event, line.strip()[match.end():]
 
 
-def parse_hf_line(line: str) -> list[Event]:
-    """The HF Trainer output shared by every engine: log dicts, tqdm bars, warnings, tracebacks."""
+def parse_hf_line(line: str, keys: Mapping[str, str] = _TRAIN_KEYS) -> list[Event]:
+    """The HF Trainer output shared by every engine: log dicts, tqdm bars, warnings, tracebacks. ``keys`` as
+    in ``event_from_log_dict``."""
     stripped = line.strip()
     if not stripped:
         return []
@@ -179,11 +179,11 @@ def parse_hf_line(line: str) -> list[Event]:
     if match:
         logs = parse_log_dict(match.group(0))
         if logs and ({"loss", "eval_loss", "train_runtime"} & logs.keys() or any(k.startswith("eval_") for k in logs)):
-            return [event_from_log_dict(logs)]
+            return [event_from_log_dict(logs, keys)]
     progress = _parse_progress(stripped)
     if progress is not None:
         event, rest = progress
-        return [event, *parse_hf_line(rest)] if rest.strip() else [event]
+        return [event, *parse_hf_line(rest, keys)] if rest.strip() else [event]
     if stripped == _TRACEBACK_START:
         return [{"type": "error", "traceback_start": True, "message": stripped}]
     exception = _EXCEPTION_RE.match(stripped)
@@ -202,55 +202,21 @@ def parse_hf_line(line: str) -> list[Event]:
     return [{"type": "raw", "message": stripped}]
 
 
-def parse_axolotl_line(line: str) -> list[Event]:
-    # Axolotl prints the HF dict (with its memory/* and tokens/* extras) through the same callback.
-    return parse_hf_line(line)
+@cache
+def log_keys(engine: str) -> Mapping[str, str]:
+    """The log-dict vocabulary of ``engine``: the Trainer's keys plus the engine's own (``Engine.log_keys``); an
+    unknown name (a test's fake engine) gets the Trainer's."""
+    from qwenrecipes.engines import ENGINES  # the registry only: the engine module is loaded by the run already
 
-
-def parse_llamafactory_line(line: str) -> list[Event]:
-    # LF's stdout carries the HF dict too; trainer_log.jsonl (parse_llamafactory_trainer_log) adds steps.
-    return parse_hf_line(line)
-
-
-def parse_trl_line(line: str) -> list[Event]:
-    return parse_hf_line(line)
-
-
-def parse_unsloth_line(line: str) -> list[Event]:
-    return parse_hf_line(line)
-
-
-PARSERS = {
-    "axolotl": parse_axolotl_line,
-    "llamafactory": parse_llamafactory_line,
-    "trl": parse_trl_line,
-    "unsloth": parse_unsloth_line,
-}
+    if engine not in ENGINES:
+        return _TRAIN_KEYS
+    return {**_TRAIN_KEYS, **ENGINES[engine].log_keys}
 
 
 def parse_line(engine: str, line: str) -> list[Event]:
-    """Pure: one text line of `engine`'s output -> events without step numbers or timestamps."""
-    return PARSERS.get(engine, parse_hf_line)(line)
-
-
-def parse_llamafactory_trainer_log(line: str) -> list[Event]:
-    """One line of LLaMA-Factory's output_dir/trainer_log.jsonl, which (unlike stdout) has the step."""
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        return []
-    if not isinstance(record, dict) or "current_steps" not in record:
-        return []
-    step = record["current_steps"]
-    out: list[Event] = []
-    if record.get("loss") is not None:
-        out.append(_drop_none({"type": "train", "step": step, "total_steps": record.get("total_steps"),
-                               "loss": record.get("loss"), "lr": record.get("lr"), "epoch": record.get("epoch"),
-                               "tokens_per_s": record.get("throughput"), "tokens_seen": record.get("total_tokens"),
-                               "memory_gb": record.get("vram_allocated")}))
-    if record.get("eval_loss") is not None:
-        out.append({"type": "eval", "step": step, "eval_loss": record["eval_loss"], "epoch": record.get("epoch")})
-    return [_drop_none(e) for e in out]
+    """Pure: one text line of `engine`'s output -> events without step numbers or timestamps. Every engine
+    qwenrecipes runs trains through the HF Trainer, whose output parse_hf_line reads."""
+    return parse_hf_line(line, log_keys(engine))
 
 
 def _drop_none(event: Event) -> Event:

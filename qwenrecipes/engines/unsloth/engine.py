@@ -22,10 +22,21 @@ Checked against the unsloth 2026.10.9 / unsloth_zoo 2026.10.9 sources (trl 1.15,
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN, engine_environment, header_context, render_template
+from qwenrecipes.engines.base import (
+    CHATML_TEMPLATE_PLAIN,
+    BaseEngine,
+    BundleSpec,
+    EnvSpec,
+    engine_environment,
+    header_context,
+)
+from qwenrecipes.engines.templating import render_template
 from qwenrecipes.recipe import concepts
+from qwenrecipes.recipe.memory import EngineProfile
 from qwenrecipes.recipe.plan import Plan
 
 UNSLOTH_VERSION = "2026.10.9"
@@ -162,10 +173,29 @@ NOTES: dict[str, str] = {
 }
 
 
-class UnslothEngine:
+class UnslothEngine(BaseEngine):
     name = "unsloth"
     main_file = SCRIPT_FILE
     notes = NOTES
+    # It raises on import when no CUDA GPU is visible; on a CPU machine its env can still be installed, and its
+    # health check reports "needs a CUDA GPU" instead of that import error.
+    env = EnvSpec("unsloth", ("unsloth:FastLanguageModel",), needs_gpu=True)
+    # Liger stays off: Unsloth patches the same ops with its own fused kernels.
+    # Measured (H200, Qwen3-4B, seq 2048 x 4, LoRA r=16): 9.6 GiB ckpt on, 36.0 off, 4.5 QLoRA: it keeps 0.56 of
+    # the activations, offloads three quarters of the checkpoints to CPU and fuses its loss.
+    memory_profile = EngineProfile(fixed_gib=0.5, activations=0.563, checkpoints=0.25, logits_bytes=0.0, liger=1.0,
+                                   lora_kernels=1.0, fused_loss=True)
+
+    def native_check(self) -> Callable[[Path], str | None]:
+        # Not importable without a GPU: a static check of the script, run here.
+        from qwenrecipes.engines.unsloth.native import static_check
+
+        return static_check
+
+    def bundle(self) -> BundleSpec:
+        from qwenrecipes.engines.unsloth.bundle import BUNDLE
+
+        return BUNDLE
 
     def render(self, plan: Plan) -> dict[str, str]:
         text = render_template("unsloth/train_unsloth.py.j2", **header_context(plan, self.name), **_context(plan))

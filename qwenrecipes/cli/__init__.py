@@ -11,9 +11,9 @@ from typing import Any
 import click
 
 from qwenrecipes import __version__
+from qwenrecipes.engines import ENGINE_MODULES
 from qwenrecipes.errors import QwenRecipesError, RecipeError
 
-ENGINE_NAMES = ["axolotl", "llamafactory", "unsloth", "trl"]
 TARGETS = ["auto", "cpu", "cuda"]
 TARGET_HELP = ("Hardware to resolve the recipe for. auto: the recipe's hardware.target, else cuda when a setting "
                "needs a GPU (bf16, qlora, 8-bit optimizer, ...), else this machine's.")
@@ -23,11 +23,38 @@ def _target(value: str) -> str | None:
     return None if value == "auto" else value
 
 
-def _engines(value: str) -> list[str]:
+class EngineName(click.ParamType):
+    """An engine of the registry, built in or a plug-in: checked by lookup, so `render -e trl` never lists the
+    plug-ins (that reads every installed package's entry points)."""
+
+    name = "engine"
+
+    def get_metavar(self, param: click.Parameter, *args: Any) -> str:
+        from qwenrecipes.engines import ENGINES
+
+        return "[" + "|".join(ENGINES) + "]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from qwenrecipes.engines import ENGINES
+
+        if value in ENGINES:
+            return str(value)
+        self.fail(f"{value!r} is not an engine: choose from {', '.join(ENGINES)}", param, ctx)
+
+
+ENGINE = EngineName()
+
+
+def _engines(value: str | None) -> list[str]:
+    """Comma-separated engine names; None: every registered engine."""
+    from qwenrecipes.engines import ENGINES
+
+    if value is None:
+        return list(ENGINES)
     names = [n.strip() for n in value.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ENGINE_NAMES]
+    unknown = [n for n in names if n not in ENGINES]
     if unknown:
-        raise click.BadParameter(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINE_NAMES)}")
+        raise click.BadParameter(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
     return names
 
 
@@ -111,7 +138,7 @@ def recipes() -> None:
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True, help=TARGET_HELP)
-@click.option("--engine", "-e", "engine", type=click.Choice(ENGINE_NAMES), default=None,
+@click.option("--engine", "-e", "engine", type=ENGINE, default=None,
               help="With --native: the engine whose own validator checks the rendered config.")
 @click.option("--native", is_flag=True, help="Also ask the engine itself (inside its env) to accept the config.")
 def validate(recipe: Path, target: str, engine: str | None, native: bool) -> None:
@@ -122,7 +149,8 @@ def validate(recipe: Path, target: str, engine: str | None, native: bool) -> Non
     plan = plan_recipe(recipe, target=_target(target))
     for warning in plan.warnings:
         click.echo(f"warning: {recipe}: {warning}", err=True)
-    resolved = resolve_engines(plan, [engine] if engine else ENGINE_NAMES)
+    # Without -e: the built-in engines (listing plug-ins would read every package's entry points on each call).
+    resolved = resolve_engines(plan, [engine] if engine else list(ENGINE_MODULES))
     errors = [r for r in resolved.values() if isinstance(r, RecipeError)]
     failed = [problem for error in errors for problem in error.problems]
     if errors and len(errors) == len(resolved):
@@ -149,7 +177,7 @@ def validate(recipe: Path, target: str, engine: str | None, native: bool) -> Non
 
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--engine", "-e", type=click.Choice(ENGINE_NAMES), required=True)
+@click.option("--engine", "-e", type=ENGINE, required=True)
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Write a ready-to-run folder here. Without it, print the main file.")
 @click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True, help=TARGET_HELP)
@@ -174,10 +202,10 @@ def render(recipe: Path, engine: str, out_dir: Path | None, target: str, force: 
 
 @cli.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--engines", default=",".join(ENGINE_NAMES), show_default=True, help="Comma-separated engines.")
+@click.option("--engines", default=None, help="Comma-separated engines (default: all).")
 @click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True, help=TARGET_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def explain(recipe: Path, engines: str, target: str, as_json: bool) -> None:
+def explain(recipe: Path, engines: str | None, target: str, as_json: bool) -> None:
     """Show the effective settings per engine, read back from the rendered files; flag every difference."""
     from qwenrecipes.recipe.plan import plan_recipe
     from qwenrecipes.render.explain import explain_json, explain_plan

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from qwenrecipes.cli import _engines
 from qwenrecipes.errors import QwenRecipesError
 
 
@@ -20,8 +21,7 @@ def _echo(message: str) -> None:
 
 @click.command("bench")
 @click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--engines", "-e", default="axolotl,llamafactory,unsloth,trl", show_default=True,
-              help="Comma-separated engines, run in turn.")
+@click.option("--engines", "-e", default=None, help="Comma-separated engines, run in turn (default: all).")
 @click.option("--steps", type=int, default=15, show_default=True, help="Optimizer steps per engine.")
 @click.option("--warmup", type=int, default=4, show_default=True, help="First steps left out of the timing.")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-out"),
@@ -44,7 +44,8 @@ def _echo(message: str) -> None:
 @click.option("--patch-config", "patches", multiple=True, metavar="KEY=VALUE",
               help="Tuning experiments: set a top-level key of the rendered YAML config (recorded in the row).")
 @click.option("--fresh", is_flag=True, help="Start results.json over instead of merging into it.")
-def bench(recipe: Path, engines: str, steps: int, warmup: int, out_dir: Path, label: str | None, sets: tuple[str, ...],
+def bench(recipe: Path, engines: str | None, steps: int, warmup: int, out_dir: Path, label: str | None,
+          sets: tuple[str, ...],
           target: str | None, model: str | None, synthetic_data: str | None, python: str | None,
           pythonpath: tuple[str, ...], memory_cap_gb: float | None, peak_tflops: float, patches: tuple[str, ...],
           fresh: bool) -> None:
@@ -60,7 +61,7 @@ def bench(recipe: Path, engines: str, steps: int, warmup: int, out_dir: Path, la
     launcher = Launcher(mode="host", python=python, pythonpath=tuple(os.path.abspath(p) for p in pythonpath)) \
         if python else Launcher()
     options = BenchOptions(
-        engines=tuple(e.strip() for e in engines.split(",") if e.strip()), out_dir=out_dir, steps=steps,
+        engines=tuple(_engines(engines)), out_dir=out_dir, steps=steps,
         warmup=warmup, label=label, overrides=parse_overrides(sets), target=target, launcher=launcher, model=model,
         synthetic_data=synthetic_data, memory_cap_gb=memory_cap_gb, peak_tflops=peak_tflops, append=not fresh,
         config_patches=parse_overrides(patches))

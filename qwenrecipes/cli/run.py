@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
+from qwenrecipes.cli import ENGINE
 from qwenrecipes.run.events import Event
 
-ENGINE_NAMES = ["axolotl", "llamafactory", "unsloth", "trl"]
 TARGETS = ["auto", "cpu", "cuda"]
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -59,7 +59,7 @@ class _ProgressView:
             fields: dict[str, Any] = {"loss": _fmt(event.get("loss"))}
             tokens_per_s = event.get("tokens_per_s")
             if tokens_per_s is None and isinstance(event.get("tokens_seen"), (int, float)):
-                # TRL reports cumulative tokens: the rate is their change between two log events.
+                # Only cumulative tokens reported: the rate is their change between two log events.
                 now = (float(event["t"]), float(event["tokens_seen"]))
                 if self.last_tokens and now[0] > self.last_tokens[0]:
                     tokens_per_s = (now[1] - self.last_tokens[1]) / (now[0] - self.last_tokens[0])
@@ -88,7 +88,7 @@ def _target(value: str) -> str | None:
 
 @click.command("run")
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--engine", "-e", type=click.Choice(ENGINE_NAMES), required=True, help="Engine to train with.")
+@click.option("--engine", "-e", type=ENGINE, required=True, help="Engine to train with.")
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None,
               help="Where the run lives (default runs/<recipe name>-<engine>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last checkpoint.")

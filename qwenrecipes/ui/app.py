@@ -112,7 +112,7 @@ class UI:
                                resume=bool(body.get("resume")), target=_target(body))
 
     def summary(self, body: dict[str, Any]) -> dict[str, Any]:
-        from qwenrecipes.run.runner import read_summary
+        from qwenrecipes.run.summary import read_summary
 
         folder = project_path(self.project, str(body.get("run_dir") or ""), must_exist=False)
         return {"summary": read_summary(folder), "process": self.runs.state(folder)}

@@ -181,7 +181,7 @@ class RunManager:
         return rows
 
     def events_path(self, run_dir: str) -> Path:
-        from qwenrecipes.run.runner import EVENTS_FILE
+        from qwenrecipes.run.rundir import EVENTS_FILE
 
         return project_path(self.project, run_dir, must_exist=False) / EVENTS_FILE
 

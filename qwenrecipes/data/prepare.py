@@ -76,7 +76,8 @@ def read_numbered_rows(ref: DatasetRef, file_label: str) -> list[tuple[str, Any]
     path = ref.local_path
     assert path is not None, "hub datasets are not read locally"
     if not path.exists():
-        raise RecipeError([Problem(file_label, "data", f"data file not found: {path}")])
+        shown = ref.path if str(path) == ref.path else f"{ref.path} ({path})"  # a dangling symlink: both
+        raise RecipeError([Problem(file_label, "data", f"data file not found: {shown}")])
     if not path.is_file():  # a FIFO or /dev/zero would be read forever
         raise RecipeError([Problem(file_label, "data", f"data path is not a regular file: {path}")])
     suffix = path.suffix.lower()
@@ -85,7 +86,7 @@ def read_numbered_rows(ref: DatasetRef, file_label: str) -> list[tuple[str, Any]
             try:
                 import pyarrow.parquet as pq
             except ImportError:
-                message = "reading Parquet needs pyarrow: pip install pyarrow"
+                message = f"reading {path} (Parquet) needs pyarrow: pip install pyarrow"
                 raise RecipeError([Problem(file_label, "data", message)]) from None
             try:
                 table = pq.read_table(path).to_pylist()

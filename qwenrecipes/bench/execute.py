@@ -88,7 +88,7 @@ def execute_point(point: PreparedPoint, *, warmup: int, gpu: str, peak_tflops: f
     torch_gib = probe.get("max_allocated_gib") if probe else None
     logged_gib = engine_logged_memory_gib(metrics)
     nvml_gib = sampler.peak_mib / 1024 if sampler and sampler.peak_mib is not None else None
-    # Some engines reset torch's peak counters mid-run (Axolotl does, per logging step), so the exit hook alone can
+    # Some engines reset torch's peak counters mid-run (per logging step), so the exit hook alone can
     # under-report: take the larger of the two in-process torch figures, NVML only when neither exists.
     in_process = [v for v in (torch_gib, logged_gib) if v is not None]
     peak = max(in_process) if in_process else nvml_gib

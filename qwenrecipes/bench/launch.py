@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qwenrecipes.bench.engine_specific import CONSOLE_MODULES, engine_distribution
+from qwenrecipes.bench.engine_specific import console_module, engine_distribution
 from qwenrecipes.errors import QwenRecipesError
 
 # Distributions whose versions go into each row (after the engine's own).
@@ -34,11 +34,11 @@ class Launcher:
 
 
 def host_argv(argv: Sequence[str], python: str) -> list[str]:
-    """An engine command as the host interpreter runs it: `python X` -> `PY X`, `axolotl ...` -> `PY -m ...`."""
+    """An engine command as the host interpreter runs it: `python X` -> `PY X`, `script ...` -> `PY -m module ...`."""
     head, *rest = argv
     if head in ("python", "python3"):
         return [python, *rest]
-    module = CONSOLE_MODULES.get(head)
+    module = console_module(head)
     if module is None:
         raise QwenRecipesError(f"no module form known for the engine command {head!r}: run with the engine venv")
     return [python, "-m", module, *rest]

@@ -57,7 +57,7 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 
 def _baseline_for(row: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The TRL/PEFT row with the same method, sequence length and checkpointing (the vanilla baseline)."""
+    """The BASELINE_ENGINE row with the same method, sequence length and checkpointing (the vanilla baseline)."""
     for candidate in rows:
         if (candidate.get("engine") == BASELINE_ENGINE and candidate.get("status") == "ok"
                 and all(candidate.get(k) == row.get(k) for k in ("method", "seq_len", "gradient_checkpointing"))):

@@ -8,11 +8,11 @@ Fairness rules the code enforces (each one is written into every result row's ``
   time is the step's end), no checkpoints and no eval.
 * Tokens are counted here, with the real Qwen3 tokenizer, from the rows each optimizer step consumes: the
   non-padding input tokens (``tokens_per_s``) and the supervised label tokens (``supervised_tokens_per_s``).
-  Engine counters are only a cross-check (Axolotl counts trainable tokens, LLaMA-Factory inputs incl. padding).
+  Engine counters are only a cross-check (one engine counts trainable tokens, another inputs incl. padding).
 * The first ``warmup`` steps (Triton JIT, autotune, allocator growth) are excluded; tokens/s is the measured
   window's tokens over its wall time, p50/p95 are per-step times inside it.
 * Peak memory comes from two sources: torch's own counters inside the engine process (an ``atexit`` hook put on
-  the engine's PYTHONPATH as ``sitecustomize``; Axolotl also logs max_allocated) and an outside NVML /
+  the engine's PYTHONPATH as ``sitecustomize``; an engine may also log max_allocated) and an outside NVML /
   nvidia-smi sampler thread (whole GPU, CUDA context and allocator cache included).
 * A gradient norm of exactly 0, a NaN/inf loss, or a throughput above the physical ceiling (the bf16 matrix
   rate over the model's FLOPs per token) means the measurement is wrong: the row is reported as ``failed``.
@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwenrecipes.bench.engine_specific import ENGINE_DISTRIBUTIONS
 from qwenrecipes.bench.execute import OnMessage, execute_point, quiet
 from qwenrecipes.bench.inputs import has_weights, materialize_weights, prepare_random_model, synthetic_data
 from qwenrecipes.bench.launch import Launcher
@@ -40,6 +39,7 @@ from qwenrecipes.bench.prepare import prepare_point
 from qwenrecipes.bench.report import load_rows, merge_rows, write_report, write_results
 from qwenrecipes.bench.sampler import gpu_name
 from qwenrecipes.bench.shim import write_shim
+from qwenrecipes.engines import ENGINES
 from qwenrecipes.errors import QwenRecipesError
 
 DEFAULT_STEPS = 15
@@ -84,9 +84,9 @@ def run_bench(recipe_path: str | Path, options: BenchOptions, on_message: OnMess
     if options.warmup < 1 or options.steps < options.warmup + 2:
         raise QwenRecipesError(f"--steps {options.steps} with --warmup {options.warmup}: need warmup >= 1 and at "
                                "least 2 measured steps after it")
-    unknown = [e for e in options.engines if e not in ENGINE_DISTRIBUTIONS]
+    unknown = [e for e in options.engines if e not in ENGINES]
     if unknown:
-        raise QwenRecipesError(f"unknown engine(s) {', '.join(unknown)}: choose from {', '.join(ENGINE_DISTRIBUTIONS)}")
+        raise QwenRecipesError(f"unknown engine(s) {', '.join(unknown)}: choose from {', '.join(ENGINES)}")
     out_dir = options.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     overrides = dict(options.overrides)

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from qwenrecipes.check.tokens import DEFAULT_SAMPLES, CheckReport, check_engines, residuals_for
+from qwenrecipes.cli.common import recipe_argument
 
 TARGETS = ["auto", "cpu", "cuda"]
 EXIT_MISMATCH = 1
@@ -71,7 +72,7 @@ def print_report(report: CheckReport) -> None:
 
 
 @click.command("check")
-@click.argument("recipe", type=click.Path(path_type=Path))
+@recipe_argument()
 @click.option("--engines", "-e", "engines", default=None,
               help="Comma-separated engines (default: every engine with a token-check script; an engine without "
                    "an env is then skipped, a named one is an error).")
@@ -110,32 +111,53 @@ def _fmt(value: Any, spec: str) -> str:
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("compare.png"), show_default=True,
               help="Where the overlaid loss curves PNG goes.")
+@click.option("--eval", "evaluate", is_flag=True,
+              help="First score the runs that have no eval.json on the held-out split (`qwenrecipes eval`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def compare(run_dirs: tuple[Path, ...], output: Path, as_json: bool) -> None:
-    """Compare runs: engine, steps, first/final/min loss, wall time, tokens/s, and overlaid loss curves."""
-    from qwenrecipes.run.compare import compare_runs, plot_comparison, relative_spread
+def compare(run_dirs: tuple[Path, ...], output: Path, evaluate: bool, as_json: bool) -> None:
+    """Compare runs: engine, steps, first/final/min loss, wall time, tokens/s, held-out loss and perplexity
+    (from eval.json), and overlaid loss curves. Held-out losses more than 3% apart are flagged."""
+    from qwenrecipes.run.compare import compare_runs, plot_comparison, quality_problems, relative_spread
 
+    if evaluate:
+        from qwenrecipes.evaluate.core import evaluate_runs
+        from qwenrecipes.run.quality import read_quality
+
+        missing = [p for p in run_dirs if read_quality(p) is None]
+        if missing:
+            click.echo(f"evaluating {len(missing)} run(s) on the held-out split...", err=True)
+            evaluate_runs(missing)
     rows = compare_runs(list(run_dirs))
     plot = plot_comparison(rows, output)
+    problems = quality_problems(rows)
     if as_json:
-        click.echo(json.dumps({"runs": [r.to_json() for r in rows], "plot": str(plot)}))
+        click.echo(json.dumps({"runs": [r.to_json() for r in rows], "plot": str(plot), "quality_problems": problems}))
         return
     # A plain fixed-width table: the run paths are long and a wrapped rich table would split them.
-    header = ["engine", "steps", "first loss", "final loss", "min loss", "wall time", "tokens/s", "status", "run"]
+    header = ["engine", "steps", "first loss", "final loss", "min loss", "wall time", "tokens/s", "held-out loss",
+              "ppl", "status", "run"]
     table = [header] + [[row.engine, _fmt(row.steps, "d"), _fmt(row.first_loss, ".4f"), _fmt(row.final_loss, ".4f"),
                          _fmt(row.min_loss, ".4f"),
                          f"{_fmt(row.wall_time_s, '.1f')} s" if row.wall_time_s is not None else "-",
-                         _fmt(row.tokens_per_s, ".0f"), row.status, row.run] for row in rows]
+                         _fmt(row.tokens_per_s, ".0f"), _fmt(row.heldout_loss, ".4f"), _fmt(row.perplexity, ".2f"),
+                         row.status, row.run] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     for number, line in enumerate(table):
-        cells = [cell.ljust(w) if i in (0, 7, 8) else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths,
-                                                                                                       strict=True))]
+        cells = [cell.ljust(w) if i in (0, 9, 10) else cell.rjust(w)
+                 for i, (cell, w) in enumerate(zip(line, widths, strict=True))]
         click.echo("  ".join(cells).rstrip())
         if number == 0:
             click.echo("  ".join("-" * w for w in widths))
     first, final = relative_spread([r.first_loss for r in rows]), relative_spread([r.final_loss for r in rows])
     if first is not None and final is not None:
         click.echo(f"spread across runs: first loss {first:.2%}, final loss {final:.2%}")
+    held = relative_spread([r.heldout_loss for r in rows])
+    if held is not None and not problems:
+        click.echo(f"held-out loss spread: {held:.2%} (within 3%)")
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
+    if not any(r.quality for r in rows):
+        click.echo("held-out loss: run `qwenrecipes eval RUN_DIR...` (or compare --eval) to add it")
     click.echo(f"loss curves: {plot}")
 
 

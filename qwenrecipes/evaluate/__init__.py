@@ -8,6 +8,6 @@ The tensor work runs in the trl env through ``scripts/qr_eval.py`` (this package
   core.py        evaluate_runs: scores, eval.json, report.md, eval.png
   report.py      report.md and the per-sample plot
   benchmarks.py  lm-evaluation-harness (HF backend, peft=, think_end_token)
-  quality.py     held-out loss of a run for compare / bench, the cross-engine 3% check
+  (run/quality.py reads a run's eval.json for compare / bench: the cross-engine 3% check)
   sweep*.py      grid / Optuna sweeps with a resumable state file
 """

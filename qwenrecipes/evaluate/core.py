@@ -19,8 +19,8 @@ from typing import Any
 from qwenrecipes.errors import QwenRecipesError
 from qwenrecipes.evaluate.heldout import HeldOut, decode, generation_prompt, load_heldout, prompt_ids, split_think
 from qwenrecipes.evaluate.models import BASE, ModelSpec, ProgressCallback, run_eval_script, run_model, unique_names
+from qwenrecipes.run.quality import EVAL_JSON
 
-EVAL_JSON = "eval.json"
 REPORT_MD = "report.md"
 EVAL_PNG = "eval.png"
 SCHEMA_VERSION = 1

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenrecipes.errors import QwenRecipesError
+from qwenrecipes.run.quality import Quality, parity_problems, read_quality
 from qwenrecipes.run.runs import RunInfo, load_run, loss_curves, save_figure
 
 DEFAULT_PLOT = "compare.png"
@@ -31,11 +32,21 @@ class CompareRow:
     wall_time_s: float | None
     tokens_per_s: float | None
     curve: list[tuple[int, float]]
+    quality: Quality | None = None  # held-out loss/perplexity, when `qwenrecipes eval` scored the run
+
+    @property
+    def heldout_loss(self) -> float | None:
+        return self.quality.loss if self.quality else None
+
+    @property
+    def perplexity(self) -> float | None:
+        return self.quality.perplexity if self.quality else None
 
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run, "engine": self.engine, "status": self.status, "steps": self.steps,
                 "first_loss": self.first_loss, "final_loss": self.final_loss, "min_loss": self.min_loss,
-                "wall_time_s": self.wall_time_s, "tokens_per_s": self.tokens_per_s}
+                "wall_time_s": self.wall_time_s, "tokens_per_s": self.tokens_per_s,
+                **(self.quality.to_json() if self.quality else {"heldout_loss": None, "perplexity": None})}
 
 
 def _number(value: Any) -> float | None:
@@ -60,7 +71,7 @@ def compare_row(path: Path) -> CompareRow:
         final_loss=losses[-1] if losses else _number(summary.get("final_loss")),
         min_loss=min(losses) if losses else _number(summary.get("min_loss")),
         wall_time_s=_number(summary.get("total_wall_time_s")) or _number(summary.get("wall_time_s")),
-        tokens_per_s=_number(summary.get("tokens_per_s")), curve=curve)
+        tokens_per_s=_number(summary.get("tokens_per_s")), curve=curve, quality=read_quality(path))
 
 
 def compare_runs(paths: Sequence[Path]) -> list[CompareRow]:
@@ -75,6 +86,11 @@ def relative_spread(values: Sequence[float | None]) -> float | None:
     if len(present) < 2:
         return None
     return (max(present) - min(present)) / min(abs(v) for v in present)
+
+
+def quality_problems(rows: Sequence[CompareRow]) -> list[str]:
+    """The same recipe on different engines should reach the same held-out loss: why these rows do not."""
+    return parity_problems([(f"{r.engine} ({Path(r.run).name})", r.quality) for r in rows])
 
 
 def plot_comparison(rows: Sequence[CompareRow], out: Path, *, title: str | None = None) -> Path:

@@ -99,6 +99,7 @@ class Engine(Protocol):
     memory_profile: EngineProfile  # coefficients of the GPU memory estimate (recipe/memory.py)
     log_keys: Mapping[str, str]  # HF log-dict keys this engine prints -> event schema keys (run/events.py)
     console_modules: Mapping[str, str]  # console script -> module, for bundles that have no scripts (bench)
+    notes: Mapping[str, str]  # concept -> why the engine differs there (`explain` shows it)
 
     @property
     def folder(self) -> Traversable:
@@ -157,6 +158,7 @@ class BaseEngine:
     memory_profile: EngineProfile = DEFAULT_PROFILE
     log_keys: Mapping[str, str] = MappingProxyType({})
     console_modules: Mapping[str, str] = MappingProxyType({})
+    notes: Mapping[str, str] = MappingProxyType({})
 
     @property
     def folder(self) -> Traversable:

@@ -32,7 +32,7 @@ def explain_plan(plan: Plan, engines: list[str]) -> list[ExplainRow]:
         engine = get_engine(name)
         resolved = resolve_for_engine(plan, name)
         effective[name] = engine.effective(render_plan(resolved, name).files)
-        notes[name] = dict(getattr(engine, "notes", {}) or {})
+        notes[name] = dict(engine.notes)
         # The memory decisions (checkpointing, Liger, micro-batch) differ per engine by design: say why.
         for concept, reason in ((resolved.memory or {}).get("why") or {}).items():
             notes[name][concept] = f"{notes[name][concept]}; {reason}" if concept in notes[name] else reason

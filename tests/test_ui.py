@@ -225,8 +225,8 @@ def test_browser_form_render_run_and_stop(project: Path, tmp_path: Path) -> None
     shots = tmp_path / "screenshots"
     started = time.time()
 
-    def shot(page: Any, name: str) -> None:
-        page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+    def shot(page: Any, name: str, full_page: bool = True) -> None:
+        page.screenshot(path=str(shots / f"{name}.png"), full_page=full_page)
 
     try:
         with sync_playwright() as playwright:
@@ -245,7 +245,8 @@ def test_browser_form_render_run_and_stop(project: Path, tmp_path: Path) -> None
             lr.fill("-1")
             error = page.locator("[data-field='training.learning_rate'] .field-error")
             expect(error).to_have_text("-1 is less than or equal to the minimum of 0", timeout=60_000)
-            shot(page, "1-validation-error")
+            lr.evaluate("e => e.scrollIntoView({block: 'center'})")
+            shot(page, "1-validation-error", full_page=False)  # the field and the sticky validation panel
             lr.fill("0.002")
             expect(error).to_be_empty(timeout=60_000)
             page.fill("input[data-path='name']", "ui-test")
@@ -276,6 +277,7 @@ def test_browser_form_render_run_and_stop(project: Path, tmp_path: Path) -> None
             shot(page, "4-run-live")
             page.click("#stop-btn")
             expect(page.locator("#run-status")).to_contain_text("interrupted", timeout=120_000)
+            expect(page.locator("#stop-btn")).to_be_disabled(timeout=60_000)  # the `qwenrecipes run` process ended
             page.click("#runs-refresh")
             expect(page.locator("tr[data-run='runs/ui-test-trl']")).to_contain_text("interrupted")
             shot(page, "5-run-stopped")

@@ -35,7 +35,12 @@
       const other = node.oneOf.filter((b) => b.type !== "null");
       const nullable = other.length < node.oneOf.length;
       if (other.length === 1 && other[0].type === "object") return { kind: "optional-object", schema: other[0] };
-      if (other.length === 1) return { ...kindOf(other[0]), nullable };
+      if (other.length === 1) {
+        const inner = kindOf(other[0]);
+        // A nullable choice (hardware.target): null is one of the options, shown as "null".
+        if (inner.kind === "select" && nullable) inner.options = [null, ...inner.options];
+        return { ...inner, nullable };
+      }
       const bool = other.find((b) => b.type === "boolean");
       const keyword = other.find((b) => b.type === "string" && b.enum);
       const array = other.find((b) => b.type === "array");

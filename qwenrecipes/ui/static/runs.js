@@ -20,9 +20,12 @@
       const box = QR.$(chart.el);
       box.querySelectorAll(".uplot").forEach((n) => n.remove());
       box.dataset.points = "0";
+      // Steps are whole numbers; y labels to 4 significant digits (close loss ticks and learning rates stay distinct).
+      const xAxis = key === "mem" ? {} : { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] };
+      const yAxis = { size: 60, values: (_u, splits) => splits.map((v) => Number(v.toPrecision(4)).toString()) };
       plots[key] = new uPlot({ width: Math.max(360, box.clientWidth - 10), height: 170, legend: { show: false },
-        scales: { x: { time: false } }, series: [{}, { label: chart.label, stroke: "#2b6cb0", width: 1.5,
-          points: { size: 4 } }] }, series[key], box);
+        scales: { x: { time: false } }, axes: [xAxis, yAxis], series: [{}, { label: chart.label, stroke: "#2b6cb0",
+          width: 1.5, points: { size: 4 } }] }, series[key], box);
     }
   }
   function push(key, x, y) {
@@ -50,7 +53,9 @@
     } else if (event.type === "rss") {
       push("mem", event.t - (t0 ?? event.t), event.rss_gb);
     } else if (event.type === "end") {
-      QR.$("#run-status").textContent = `${event.status}${event.message ? `: ${event.message}` : ""} (${event.steps} steps)`;
+      const message = event.message && !event.message.startsWith(event.status) ? `: ${event.message}` : "";
+      QR.$("#run-status").textContent = `${event.message && !message ? event.message : event.status}${message} ` +
+        `(${event.steps} steps)`;
     } else if (event.type === "error") {
       QR.$("#run-output").textContent += `error: ${event.message || ""}\n`;
     }
@@ -93,6 +98,7 @@
       status.textContent = `started ${result.run_dir} (pid ${result.pid})`;
       QR.$("#stop-btn").disabled = false;
       QR.watch(result.run_dir);
+      QR.refreshRuns();
     } catch (error) { QR.fail("#run-status", error); }
   }
   async function stop() {

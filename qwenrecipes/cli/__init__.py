@@ -81,6 +81,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "verify-export": "qwenrecipes.cli.export",
     "push": "qwenrecipes.cli.export",
     "ui": "qwenrecipes.cli.ui",
+    "eval": "qwenrecipes.cli.evaluate", "sweep": "qwenrecipes.cli.evaluate",
 }
 COMMAND_MODULES = list(dict.fromkeys(LAZY_COMMANDS.values()))
 

@@ -162,7 +162,7 @@ def evaluate_runs(run_dirs: Sequence[str | Path], *, base: bool = True, samples:
 def write_result(result: EvalResult) -> list[Path]:
     """eval.json + report.md + eval.png into the out dir; eval.json also into each run dir."""
     from qwenrecipes.evaluate.report import plot_rows, report_markdown
-    from qwenrecipes.run.runner import write_json_atomic
+    from qwenrecipes.run.rundir import write_json_atomic
 
     out = result.out_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ class ModelSpec:
 
 
 def _engine_of(run_dir: Path) -> str | None:
-    from qwenrecipes.run.runner import read_marker
+    from qwenrecipes.run.rundir import read_marker
 
     marker = read_marker(run_dir) or {}
     engine = marker.get("engine")

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from qwenrecipes import __version__
+from qwenrecipes.cli.common import make_console, recipe_argument
 from qwenrecipes.engines import ENGINE_MODULES
 from qwenrecipes.errors import QwenRecipesError, RecipeError
 
@@ -59,9 +60,7 @@ def _engines(value: str | None) -> list[str]:
 
 
 def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
+    return make_console()
 
 
 # Commands that live in their own modules (each module exports COMMANDS), by command name. The group imports
@@ -127,17 +126,17 @@ def schema() -> None:
 
 @cli.command()
 def recipes() -> None:
-    """List the example recipes that ship with qwenrecipes."""
-    from qwenrecipes.resources import resource
+    """List the example recipes that ship with qwenrecipes (every command takes NAME from any folder)."""
+    from qwenrecipes.recipe.examples import example_recipes
 
-    for entry in sorted(resource("recipes").iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".yaml"):
-            first = entry.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
-            click.echo(f"{entry.name:34} {first}")
+    for name, description in example_recipes():
+        click.echo(f"{name:30} {description}")
+    click.echo("use a name anywhere a RECIPE goes, e.g. `qwenrecipes validate tiny-cpu`; copy one to edit it",
+               err=True)
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(path_type=Path))
+@recipe_argument()
 @click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True, help=TARGET_HELP)
 @click.option("--engine", "-e", "engine", type=ENGINE, default=None,
               help="With --native: the engine whose own validator checks the rendered config.")
@@ -177,7 +176,7 @@ def validate(recipe: Path, target: str, engine: str | None, native: bool) -> Non
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(path_type=Path))
+@recipe_argument()
 @click.option("--engine", "-e", type=ENGINE, required=True)
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Write a ready-to-run folder here. Without it, print the main file.")
@@ -202,7 +201,7 @@ def render(recipe: Path, engine: str, out_dir: Path | None, target: str, force: 
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(path_type=Path))
+@recipe_argument()
 @click.option("--engines", default=None, help="Comma-separated engines (default: all).")
 @click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True, help=TARGET_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

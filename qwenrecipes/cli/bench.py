@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from qwenrecipes.cli import _engines
+from qwenrecipes.cli.common import recipe_argument
 from qwenrecipes.errors import QwenRecipesError
 
 
@@ -20,7 +21,7 @@ def _echo(message: str) -> None:
 
 
 @click.command("bench")
-@click.argument("recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@recipe_argument()
 @click.option("--engines", "-e", default=None, help="Comma-separated engines, run in turn (default: all).")
 @click.option("--steps", type=int, default=15, show_default=True, help="Optimizer steps per engine.")
 @click.option("--warmup", type=int, default=4, show_default=True, help="First steps left out of the timing.")

@@ -12,15 +12,14 @@ from typing import Any
 
 import click
 
+from qwenrecipes.cli.common import make_console
 from qwenrecipes.run import envs
 
 ENGINE_CHOICE = click.Choice(sorted(envs.env_names()))
 
 
 def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
+    return make_console()
 
 
 def _env_dir(ctx: click.Context) -> Path | None:
@@ -136,7 +135,9 @@ def list_(ctx: click.Context) -> None:
 def doctor(ctx: click.Context, engine: str | None) -> None:
     """Check ENGINE's env (default: every engine) and print the command that fixes what is missing.
 
-    Exits 1 when the named engine has a problem; without ENGINE, only when an installed env is broken.
+    Exits 1 whenever it reports a problem: a broken or half-installed env, or a named engine that is not
+    installed. Without ENGINE, an engine that was never installed is listed as such (with its install command),
+    not as a problem: nobody needs all four.
     """
     from rich.markup import escape
 
@@ -145,6 +146,11 @@ def doctor(ctx: click.Context, engine: str | None) -> None:
     for name in [engine] if engine else sorted(envs.env_names()):
         with console.status(f"checking {name} (imports the engine: can take a minute)"):
             report = envs.doctor(name, env_dir=_env_dir(ctx))
+        never_installed = not report.installed and report.problems[:1] != [] and \
+            report.problems[0].startswith("not installed")
+        if engine is None and never_installed:
+            console.print(f"[bold]{name}[/]: [yellow]not installed[/] (install: [bold]{report.fix}[/])")
+            continue
         mark = "[green]ok[/]" if report.ok else "[red]problem[/]"
         console.print(f"[bold]{name}[/]: {mark}")
         console.print(f"  env folder : {report.path or '-'}")
@@ -163,8 +169,7 @@ def doctor(ctx: click.Context, engine: str | None) -> None:
             console.print(f"  [yellow]{len(report.stale)} stale env(s)[/]: `qwenrecipes env remove {name} --stale`")
         if report.fix:
             console.print(f"  fix        : [bold]{report.fix}[/]")
-        if not report.ok and (engine is not None or report.installed):
-            failed = True
+        failed = failed or not report.ok
     if failed:
         ctx.exit(1)
 

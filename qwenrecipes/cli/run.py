@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from qwenrecipes.cli import ENGINE
+from qwenrecipes.cli.common import make_console, recipe_argument
 from qwenrecipes.run.events import Event
 
 TARGETS = ["auto", "cpu", "cuda"]
@@ -29,10 +30,9 @@ class _ProgressView:
     """Feeds the rich progress bar from the runner's events; warnings and errors print above it."""
 
     def __init__(self, verbose: bool) -> None:
-        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.console = Console(stderr=True)
+        self.console = make_console(stderr=True)
         self.verbose = verbose
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -87,7 +87,7 @@ def _target(value: str) -> str | None:
 
 
 @click.command("run")
-@click.argument("recipe", type=click.Path(path_type=Path))
+@recipe_argument()
 @click.option("--engine", "-e", type=ENGINE, required=True, help="Engine to train with.")
 @click.option("--run-dir", type=click.Path(path_type=Path), default=None,
               help="Where the run lives (default runs/<recipe name>-<engine>).")
@@ -124,33 +124,33 @@ def run_command(recipe: Path, engine: str, run_dir: Path | None, resume: bool, f
         sys.exit(EXIT_INTERRUPTED)
 
 
-def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+def _print_summary(summary: dict[str, Any], run_dir: Path, err: bool = True) -> None:
+    """The run's outcome: on stderr under `run` (beside its progress bar), on stdout for `show`."""
     colour = {"ok": "green", "failed": "red", "interrupted": "yellow"}.get(summary.get("status", ""), "white")
     click.secho(f"{summary.get('status')}: {summary.get('engine')} {summary.get('recipe')} in {run_dir}", fg=colour,
-                err=True)
+                err=err)
     click.echo(f"  steps {summary.get('steps')}/{summary.get('total_steps') or '?'}, "
                f"loss {_fmt(summary.get('first_loss'))} -> {_fmt(summary.get('final_loss'))} "
                f"(min {_fmt(summary.get('min_loss'))}), wall {_fmt(summary.get('wall_time_s'), '.1f')} s, "
                f"{_fmt(summary.get('steps_per_s'), '.3g')} steps/s, {_fmt(summary.get('tokens_per_s'), '.0f')} tok/s",
-               err=True)
+               err=err)
     artifacts = summary.get("artifacts") or {}
     if artifacts.get("adapter_dir"):
-        click.echo(f"  adapter: {run_dir / artifacts['adapter_dir']}", err=True)
+        click.echo(f"  adapter: {run_dir / artifacts['adapter_dir']}", err=err)
     error = summary.get("error")
     if error and summary.get("status") == "failed":
-        click.echo(f"  {error.get('reason')}", err=True)
+        click.echo(f"  {error.get('reason')}", err=err)
         if error.get("text"):
-            click.echo("\n".join("    " + line for line in str(error["text"]).splitlines()[-25:]), err=True)
+            click.echo("\n".join("    " + line for line in str(error["text"]).splitlines()[-25:]), err=err)
         if error.get("fix"):
-            click.secho(f"  likely cause ({error.get('class')}): {error['fix']}", fg="yellow", err=True)
-        click.echo(f"  full log: {run_dir / 'engine.log'}", err=True)
+            click.secho(f"  likely cause ({error.get('class')}): {error['fix']}", fg="yellow", err=err)
+        click.echo(f"  full log: {run_dir / 'engine.log'}", err=err)
 
 
 @click.command("runs")
 @click.argument("root", type=click.Path(path_type=Path), default=Path("runs"), required=False)
 def runs_command(root: Path) -> None:
     """List run dirs under ROOT (default runs/) with their summaries."""
-    from rich.console import Console
     from rich.table import Table
 
     from qwenrecipes.run.runs import list_runs
@@ -169,7 +169,7 @@ def runs_command(root: Path) -> None:
                       _fmt(s.get("first_loss")), _fmt(s.get("final_loss")),
                       _fmt(s.get("total_wall_time_s") or s.get("wall_time_s"), ".0f"),
                       _fmt(s.get("tokens_per_s"), ".0f"), started)
-    Console().print(table)
+    make_console().print(table)
 
 
 @click.command("show")
@@ -177,17 +177,21 @@ def runs_command(root: Path) -> None:
 @click.option("--no-plot", is_flag=True, help="Do not write loss.png.")
 def show_command(run_dir: Path, no_plot: bool) -> None:
     """Print a run's summary and write its loss curve to RUN_DIR/loss.png."""
-    from qwenrecipes.run.runs import load_run, plot_loss
+    from qwenrecipes.run.runs import load_run, loss_curves, plot_loss
 
     run = load_run(run_dir)
     if run.summary is None:
         click.echo(f"{run_dir}: no summary.json yet (still running, or killed with -9); events so far: "
                    f"{len(run.events())}")
     else:
-        _print_summary(run.summary, run_dir)
+        _print_summary(run.summary, run_dir, err=False)
+        _, evals = loss_curves(run.events())
+        if evals:
+            click.echo(f"  eval loss {_fmt(evals[0][1])} (step {evals[0][0]}) -> {_fmt(evals[-1][1])} "
+                       f"(step {evals[-1][0]})")
         versions = run.summary.get("versions") or {}
-        click.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v), err=True)
-        click.echo(f"  recipe sha256 {run.summary.get('recipe_hash')}", err=True)
+        click.echo("  versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
+        click.echo(f"  recipe sha256 {run.summary.get('recipe_hash')}")
     if not no_plot:
         click.echo(f"wrote {plot_loss(run)}")
 

@@ -13,7 +13,7 @@ from qwenrecipes.data.rows import RowReport, dropped_warnings, prepare_local
 from qwenrecipes.errors import Problem, RecipeError
 from qwenrecipes.recipe import memory
 from qwenrecipes.recipe.hardware import EIGHT_BIT_OPTIMIZERS, detect_target, resolve_target
-from qwenrecipes.recipe.load import Recipe, load_recipe
+from qwenrecipes.recipe.load import Recipe, load_recipe, load_recipe_document
 from qwenrecipes.recipe.text import text_problems
 
 TRAIN_FILE = "data/train.jsonl"
@@ -278,4 +278,34 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
 
 
 def plan_recipe(path: str | Path, *, target: str | None = None) -> Plan:
-    return make_plan(load_recipe(path), target=target)
+    try:
+        recipe = load_recipe(path)
+    except RecipeError as exc:
+        # The data is only read for a schema-valid recipe; a missing data file is still worth saying in the same
+        # round as an unknown key ("every problem at once"), so look for it in the raw document.
+        raise RecipeError([*exc.problems, *missing_data_files(Path(path))]) from None
+    return make_plan(recipe, target=target)
+
+
+def missing_data_files(path: Path) -> list[Problem]:
+    """data.train/eval paths that look local (a file suffix, ./, / or ~) and do not exist, from the raw document."""
+    try:
+        document = load_recipe_document(path)
+    except RecipeError:
+        return []
+    data = document.get("data")
+    out = []
+    for section in ("train", "eval"):
+        spec = data.get(section) if isinstance(data, dict) else None
+        name = spec.get("path") if isinstance(spec, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            continue
+        try:
+            candidate = Path(name).expanduser()
+            candidate = candidate if candidate.is_absolute() else path.parent / candidate
+            looks_local = name.startswith((".", "/", "~")) or candidate.suffix in (".jsonl", ".json", ".parquet")
+            if looks_local and not candidate.exists():
+                out.append(Problem(str(path), f"data.{section}.path", f"data file not found: {name}"))
+        except (OSError, RuntimeError, ValueError):  # unusable paths are the schema's or the loader's to word
+            continue
+    return out

@@ -206,3 +206,23 @@ def test_best_recipe_yaml_is_a_valid_recipe(tmp_path: Path) -> None:
     assert result.best_recipe is not None and load_recipe(result.best_recipe).method["lora"]["r"] == 16
     assert yaml.safe_load(result.best_recipe.read_text(encoding="utf-8"))["name"] == "tiny-cpu"
     assert (tmp_path / "sweep.md").read_text(encoding="utf-8").count("| done |") == 2
+
+
+def test_bench_report_gains_held_out_loss_and_flags_engines_apart(tmp_path: Path) -> None:
+    from qwenrecipes.bench.report import add_quality, report_markdown
+
+    rows = []
+    for engine, loss in (("trl", 2.0), ("axolotl", 2.2), ("llamafactory", None)):
+        run_dir = tmp_path / engine
+        run_dir.mkdir()
+        if loss is not None:
+            models = [{"name": engine, "run_dir": str(run_dir), "loss": loss, "perplexity": 7.0, "tokens": 9}]
+            (run_dir / "eval.json").write_text(json.dumps({"kind": "qwenrecipes-eval", "heldout": {"sha256": "s"},
+                                                           "base": None, "models": models}), encoding="utf-8")
+        rows.append({"engine": engine, "label": "default", "method": "lora", "seq_len": 512, "status": "ok",
+                     "run_dir": str(run_dir)})
+    add_quality(rows)
+    assert [r.get("heldout_loss") for r in rows] == [2.0, 2.2, None]
+    text = report_markdown(rows, [])
+    assert "| 2.0000 |" in text and "| 2.2000 |" in text
+    assert "held-out loss differs by 10.0% (> 3%): axolotl 2.2000 vs trl 2.0000" in text

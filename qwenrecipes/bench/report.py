@@ -65,6 +65,37 @@ def _baseline_for(row: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, 
     return None
 
 
+def add_quality(rows: list[dict[str, Any]]) -> None:
+    """Held-out loss and perplexity of each row's run, where `qwenrecipes eval` scored it (its eval.json)."""
+    from qwenrecipes.run.quality import read_quality
+
+    for row in rows:
+        quality = read_quality(Path(row["run_dir"])) if row.get("run_dir") else None
+        if quality is not None:
+            row.update(heldout_loss=quality.loss, perplexity=quality.perplexity,
+                       heldout_sha256=quality.heldout_sha256)
+
+
+def quality_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Same recipe, different engines: the held-out losses should agree within 3%; say where they do not."""
+    from qwenrecipes.run.quality import Quality, parity_problems
+
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("status") == "ok" and finite(r.get("heldout_loss")):
+            groups.setdefault((r.get("method"), r.get("seq_len"), r.get("label")), []).append(r)
+    lines = []
+    for (method, seq, label), group in groups.items():
+        named = [(str(r.get("engine")), Quality(r["heldout_loss"], r.get("perplexity") or 0.0, 0,
+                                                str(r.get("heldout_sha256") or ""))) for r in group]
+        for problem in parity_problems(named):
+            lines.append(f"- **{method}, seq {seq}, {label}**: {problem}")
+        if len(group) > 1 and not parity_problems(named):
+            lines.append(f"- {method}, seq {seq}, {label}: held-out losses agree within 3% across "
+                         f"{', '.join(n for n, _ in named)}")
+    return lines
+
+
 def report_markdown(rows: list[dict[str, Any]], plots: list[str]) -> str:
     lines = ["# qwenrecipes bench", ""]
     gpus = sorted({str(r.get("gpu")) for r in rows})
@@ -74,8 +105,8 @@ def report_markdown(rows: list[dict[str, Any]], plots: list[str]) -> str:
         lines.append("The model is random-init with the real architecture and tokenizer: speed and memory are the "
                      "real model's, **loss values are not meaningful**.")
     lines += ["", "| engine | setting | method | seq | mb×ga | ckpt | tokens/s | vs TRL | step p50 s | step p95 s | "
-              "peak GiB (torch) | peak GiB (NVML) | loss first→last | status |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "peak GiB (torch) | peak GiB (NVML) | loss first→last | held-out loss | status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = _baseline_for(r, rows)
         ratio = (f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base and finite(r.get("tokens_per_s"))
@@ -92,7 +123,10 @@ def report_markdown(rows: list[dict[str, Any]], plots: list[str]) -> str:
             f"{_fmt(r.get('step_time_p50'), 3)} | {_fmt(r.get('step_time_p95'), 3)} | "
             f"{_fmt(r.get('peak_vram_torch_allocated_gib') or r.get('peak_vram_gb'), 1)} | "
             f"{_fmt(r.get('peak_vram_nvml_gib'), 1)} | {_fmt(r.get('loss_first'), 3)}→{_fmt(r.get('loss_last'), 3)} | "
-            f"{status.replace('|', '/')} |")
+            f"{_fmt(r.get('heldout_loss'), 4)} | {status.replace('|', '/')} |")
+    quality = quality_lines(rows)
+    if quality:
+        lines += ["", "## Held-out loss across engines (`qwenrecipes eval`)", "", *quality]
     ok = [r for r in rows if r.get("status") == "ok"]
     lines += ["", "## Winners (ok rows)", ""]
     if ok:
@@ -185,6 +219,7 @@ def write_plots(out_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
 
 def write_report(out_dir: Path, rows: list[dict[str, Any]], *, plots: bool = True) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    add_quality(rows)
     results = write_results(out_dir, rows)
     plot_files = write_plots(out_dir, rows) if plots and rows else []
     report = out_dir / REPORT_FILE

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +10,7 @@ import yaml
 
 from qwenrecipes.engines.axolotl.engine import ENGINE, LORA_KERNELS
 from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
+from qwenrecipes.errors import RecipeError
 from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ASSISTANT, THINK_INLINE, TRUNCATION_NONE
 from qwenrecipes.recipe.load import ALL_LINEAR
 from qwenrecipes.recipe.plan import Plan, plan_recipe
@@ -176,8 +176,15 @@ def test_environment_and_command(cpu_plan: Plan) -> None:
     assert ENGINE.command(cpu_plan) == ["axolotl", "train", "axolotl.yaml", "--launcher", "python"]
 
 
-def test_hostile_name_stays_data(tmp_path: Path) -> None:
+@pytest.mark.parametrize("hostile", ["out: #x - y", "out: [a, b] {c: d} & *e !!python/object ' \" |"])
+def test_hostile_name_stays_data(hostile: str) -> None:
     """A value with YAML/comment syntax reaches the file only through the dumper."""
-    plan = tiny_plan({"output": {"dir": "out: #x\n- y"}}, target="cpu")
-    cfg = _cfg(plan)
-    assert cfg["output_dir"] == "out: #x\n- y"
+    cfg = _cfg(tiny_plan({"output": {"dir": hostile}}, target="cpu"))
+    assert cfg["output_dir"] == hostile
+
+
+@pytest.mark.parametrize("refused", ["out: #x\n- y", "out\r- y", "a\x1bb", "${oc.env:HOME}"])
+def test_hostile_name_that_engine_files_cannot_carry_is_refused(refused: str) -> None:
+    """A line break, a control character or `${` is refused at the field (exit 2 from the CLI), not escaped."""
+    with pytest.raises(RecipeError, match=r"output\.dir"):
+        tiny_plan({"output": {"dir": refused}}, target="cpu")

@@ -9,6 +9,7 @@ import yaml
 
 from qwenrecipes.engines.base import CHATML_TEMPLATE
 from qwenrecipes.engines.trl import ENGINE
+from qwenrecipes.errors import RecipeError
 from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ALL, LOSS_MASK_ASSISTANT, THINK_INLINE, TRUNCATION_NONE
 from qwenrecipes.recipe.plan import Plan, plan_recipe
 from tests.conftest import TINY, cuda_plan, render_resolved
@@ -157,7 +158,13 @@ def test_effective_applies_trl_defaults_for_missing_keys(cpu_plan: Plan) -> None
 
 
 def test_hostile_strings_stay_data() -> None:
-    hostile = "out'\"\n{{ x }}: [a, b] # c\n'''\"\"\"__import__('os')"
+    hostile = "out'\"{{ x }}: [a, b] # c '''\"\"\"__import__('os') $HOME {y}"
     plan = cuda_plan(output={"dir": hostile})
     assert config_of(plan)["output_dir"] == hostile
     assert ENGINE.effective(render_resolved(ENGINE, plan))["model"] == plan.model_path
+
+
+@pytest.mark.parametrize("refused", ["out'\"\n{{ x }}: [a, b] # c", "tab\there", "${HOME}"])
+def test_hostile_strings_engine_files_cannot_carry_are_refused(refused: str) -> None:
+    with pytest.raises(RecipeError, match=r"output\.dir"):
+        cuda_plan(output={"dir": refused})

@@ -9,11 +9,13 @@ import pytest
 
 from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
 from qwenrecipes.engines.unsloth.engine import ENGINE, SCRIPT_FILE, read_script
+from qwenrecipes.errors import RecipeError
 from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ALL, LOSS_MASK_ASSISTANT, THINK_INLINE
 from qwenrecipes.recipe.plan import Plan, plan_recipe
 from tests.conftest import TINY, cuda_plan, render_resolved
 
-HOSTILE = "x'\"\n{{ y }}{% if 1 %}'''\"\"\"\\n__import__('os').system('echo pwned')#"
+# No line break, control character or `${`: those are refused at validate (test below); all the rest is data.
+HOSTILE = "x'\"\\r{{ y }}{% if 1 %}'''\"\"\"\\n__import__('os').system('echo pwned')#"
 
 
 
@@ -153,3 +155,10 @@ def test_hostile_string_stays_a_literal(section: str, key: str) -> None:
     else:
         assert c["FastLanguageModel.from_pretrained"]["model_name"] == HOSTILE
     assert len(ast.parse(text).body) == len(ast.parse(benign_text).body)
+
+
+@pytest.mark.parametrize("section,key", [("output", "dir"), ("model", "name_or_path")])
+@pytest.mark.parametrize("refused", ["x'\"\n__import__('os').system('echo pwned')#", "x\x00y", "x${y}"])
+def test_a_string_the_script_must_not_carry_is_refused(section: str, key: str, refused: str) -> None:
+    with pytest.raises(RecipeError, match=rf"{section}\.{key}"):
+        cuda_plan(**{section: {key: refused}})

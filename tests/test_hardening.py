@@ -288,14 +288,15 @@ def _fake_spec(run_dir: Path, *args: str, env: dict[str, str] | None = None) -> 
 def test_cli_run_force_never_deletes_a_foreign_folder(tmp_path: Path, data_file: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """`qwenrecipes run ... --run-dir EXISTING --force` on a folder that is not a run: refused, file kept.
-    The refusal comes before the engine env is needed, so no env has to be installed."""
-    recipe = write_recipe(tmp_path / "recipe.yaml", recipe_document(data_file))
+    The refusal comes before the engine env is needed, so no env has to be installed. A CPU recipe: `run`
+    compares a recipe with the machine first, and this machine may have no GPU."""
+    recipe = write_recipe(tmp_path / "recipe.yaml", recipe_document(data_file, training={"precision": "fp32"}))
     foreign = tmp_path / "thesis"
     foreign.mkdir()
     (foreign / "chapter1.tex").write_text("years of work")
     for extra in (["--force"], []):
         code, _, err = run_cli(["run", str(recipe), "--engine", "trl", "--run-dir", str(foreign), "--target",
-                                "cuda", *extra], capsys)
+                                "cpu", *extra], capsys)
         assert code == 2 and "Traceback" not in err
         assert "not a qwenrecipes run" in err or "not installed" in err, err
         assert (foreign / "chapter1.tex").read_text() == "years of work"

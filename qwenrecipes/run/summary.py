@@ -84,9 +84,13 @@ def build_summary(spec: RunSpec, supervisor: Supervisor, *, status: str, returnc
 
 def error_info(supervisor: Supervisor, returncode: int | None) -> dict[str, Any]:
     traceback = supervisor.normalizer.last_traceback
+    failed_rank = supervisor.ranks.traceback()  # multi-process: the failing rank's own traceback comes first
+    if failed_rank is not None:
+        traceback = f"rank {failed_rank[0]}:\n{failed_rank[1]}"
     tail = "\n".join(supervisor.log_tail[-20:])
     text = traceback or tail
     diagnosis = doctor.classify(f"{traceback or ''}\n{tail}")
     reason = supervisor.kill_reason or f"engine exited with code {returncode}"
-    return {"reason": reason, "text": text, "class": diagnosis.name if diagnosis else None,
+    return {"reason": reason, "text": text, "rank": failed_rank[0] if failed_rank else None,
+            "class": diagnosis.name if diagnosis else None,
             "fix": diagnosis.fix if diagnosis else None}

@@ -18,6 +18,7 @@ from typing import BinaryIO, TextIO
 from qwenrecipes.errors import EngineError
 from qwenrecipes.run.events import EVENT_TYPES, Event, Normalizer, decode_line, make_event
 from qwenrecipes.run.procgroup import end_group, group_cpu_seconds, group_rss_gb, killpg, signals_to_flag
+from qwenrecipes.run.ranks import RankTracebacks, split_rank
 from qwenrecipes.run.redact import Redactor
 from qwenrecipes.run.rundir import EVENTS_FILE, LOG_FILE, find_checkpoints
 from qwenrecipes.run.spec import EventCallback, RunSpec
@@ -34,6 +35,7 @@ class Supervisor:
         self.redactor = Redactor(spec.env)
         self.normalizer = Normalizer(spec.engine, logging_steps=spec.logging_steps, start_step=spec.start_step,
                                      total_steps=spec.total_steps)
+        self.ranks = RankTracebacks(spec.engine)  # per-rank tracebacks of a multi-process run (run/ranks.py)
         # Checkpoints are reported once, whether the engine's "Saving model checkpoint to" line or the
         # folder poll sees them first; keyed by the path relative to the run dir.
         self.seen_checkpoints: set[str] = {self._relative(p) for _, p in find_checkpoints(spec.output_dir)}
@@ -77,6 +79,14 @@ class Supervisor:
         text = decode_line(clean)
         if text.strip():
             self.log_tail = [*self.log_tail[-39:], text]
+        # Multi-process: events from rank 0 (and the launcher) once; other ranks only keep their tracebacks.
+        rank, text = split_rank(text)
+        if rank is None:
+            self.ranks.feed_launcher(text)
+        else:
+            self.ranks.feed(rank, text)
+            if rank != 0:
+                return
         for event in self.normalizer.feed(text):
             if event["type"] == "error":
                 self.traceback_at = time.time()

@@ -25,6 +25,7 @@ ENGINE_MODULES: dict[str, str] = {
     "llamafactory": "qwenrecipes.engines.llamafactory",
     "unsloth": "qwenrecipes.engines.unsloth",
     "trl": "qwenrecipes.engines.trl",
+    "swift": "qwenrecipes.engines.swift",
 }
 
 

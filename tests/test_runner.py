@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,14 +183,20 @@ def test_run_dir_refusals(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     write_json_atomic(run / MARKER_FILE, {"kind": "qwenrecipes-run", "engine": "trl", "recipe_hash": "abc"})
+    # No checkpoint yet: the hint is the flag that works (--force), not --resume.
+    with pytest.raises(QwenRecipesError, match=r"no checkpoint to resume from: pass --force"):
+        claim_run_dir(run, "trl", "abc", run / "outputs", resume=False, force=False)
+    (run / "outputs" / "checkpoint-2").mkdir(parents=True)
+    (run / "outputs" / "checkpoint-2" / "trainer_state.json").write_text("{}")
     with pytest.raises(QwenRecipesError, match=r"--resume .*--force"):
         claim_run_dir(run, "trl", "abc", run / "outputs", resume=False, force=False)
+    shutil.rmtree(run / "outputs")
     with pytest.raises(QwenRecipesError, match="recipe changed"):
         claim_run_dir(run, "trl", "other", run / "outputs", resume=True, force=False)
     with pytest.raises(QwenRecipesError, match="no complete checkpoint"):
         claim_run_dir(run, "trl", "abc", run / "outputs", resume=True, force=False)
     assert claim_run_dir(run, "trl", "abc", run / "outputs", resume=False, force=True) == (None, 0)
-    assert not run.exists()
+    assert list(run.iterdir()) == []  # emptied; the folder (and a lock file, when locked) stays
     assert claim_run_dir(tmp_path / "new", "trl", "abc", tmp_path / "new" / "outputs", resume=False,
                          force=False) == (None, 0)
 

@@ -338,16 +338,46 @@ def make_event(event: Event, *, t: float) -> Event:
     return stamped
 
 
-def read_events(path: Any) -> list[Event]:
-    """Read an events.jsonl, skipping a torn last line (a killed writer) instead of failing."""
+def parse_event_line(line: bytes | str) -> Event | None:
+    """One events.jsonl line as an event, or None when it is not one (damaged, cut off by a kill, edited):
+    a JSON object with a string "type", and a number "t" and an integer "step" where they are present."""
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):  # JSONDecodeError and undecodable bytes are ValueErrors
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        return None
+    t, step = value.get("t"), value.get("step")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
+        return None
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        return None
+    return value
+
+
+def read_events(path: Any, problems: list[str] | None = None) -> list[Event]:
+    """Read an events.jsonl, skipping lines that are not events (a torn last line from a killed writer, a
+    damaged or edited line) instead of failing; each one skipped is named (file and line) in `problems`."""
     events: list[Event] = []
     try:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    events.append(json.loads(line))
-                except json.JSONDecodeError:
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
                     continue
+                event = parse_event_line(line)
+                if event is None:
+                    if problems is not None:
+                        problems.append(f"{path} line {number}: not an event, skipped ({_preview(line)})")
+                    continue
+                events.append(event)
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        if problems is not None:
+            problems.append(f"{path}: cannot be read ({exc.strerror or exc})")
     return events
+
+
+def _preview(line: bytes) -> str:
+    text = line.decode("utf-8", errors="replace").strip()
+    return repr(text[:60] + ("..." if len(text) > 60 else ""))

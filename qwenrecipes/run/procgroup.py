@@ -1,11 +1,14 @@
 """The engine's process group, seen and ended from outside: its live members, CPU time and resident memory (from
-/proc), signals to the whole group, and Ctrl-C / SIGTERM turned into a flag while the engine runs."""
+/proc), signals to the whole group, Ctrl-C / SIGTERM turned into a flag while the engine runs, and the whole
+process tree (setsid descendants included) ended when it is over."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +34,24 @@ def signals_to_flag(flag: list[int]) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Before the engine starts (data preparation), SIGTERM interrupts like Ctrl-C does, so the caller's
+    cleanup and summary run instead of the process vanishing mid-write. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def killpg(pgid: int, sig: int) -> bool:
@@ -100,3 +121,73 @@ def group_rss_gb(pgid: int) -> float | None:
     # rss is field 24 of /proc/pid/stat, index 21 after the command name.
     total = sum(int(f[21]) * page for _, f in _proc_stats() if len(f) > 21 and int(f[2]) == pgid)
     return total / 1024**3 if total else None
+
+
+# ------------------------------------------------------------------------------------------ process tree
+# The engine's process group is not all of it: a descendant may call setsid (a compile server, a daemonized
+# data worker) and leave the group. Becoming a child subreaper makes such orphans ours instead of PID 1's,
+# so walking /proc from our pid finds every one of them, and `end_tree` ends them all.
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(option, value, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants are re-parented to this process (Linux); False where that is not possible."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def die_with_parent() -> None:
+    """preexec_fn of the engine: SIGKILL it when `run` itself dies, even by SIGKILL (Linux)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def children_of(pid: int) -> set[int]:
+    return {p for p, f in _proc_stats() if len(f) > 1 and int(f[1]) == pid}
+
+
+def descendants(root: int, exclude: set[int] | frozenset[int] = frozenset()) -> list[tuple[int, bool]]:
+    """(pid, is a zombie) of every descendant of `root`, leaving out the subtrees rooted at `exclude`."""
+    parent: dict[int, list[tuple[int, bool]]] = {}
+    for pid, fields in _proc_stats():
+        if len(fields) > 1:
+            parent.setdefault(int(fields[1]), []).append((pid, fields[0] in (b"Z", b"X")))
+    found: list[tuple[int, bool]] = []
+    todo = [root]
+    while todo:
+        for pid, zombie in parent.get(todo.pop(), []):
+            if pid not in exclude and pid != root:
+                found.append((pid, zombie))
+                todo.append(pid)
+    return found
+
+
+def end_tree(pgid: int | None, exclude: set[int] | frozenset[int] = frozenset(), timeout: float = 5.0) -> None:
+    """SIGKILL the engine's group and every other descendant of this process but the subtrees in `exclude`
+    (children that were here before the engine), reap those re-parented to us, and wait until all are gone."""
+    me = os.getpid()
+    deadline = time.time() + timeout
+    while True:
+        tree = descendants(me, exclude)
+        alive = [pid for pid, zombie in tree if not zombie]
+        if pgid is not None:
+            alive += [pid for pid in group_members(pgid) if pid not in alive]
+            killpg(pgid, signal.SIGKILL)
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        for pid, _ in tree:  # orphans re-parented to us (subreaper) are ours to reap
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+        if not alive or time.time() > deadline:
+            return
+        time.sleep(0.05)

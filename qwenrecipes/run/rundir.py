@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenrecipes.errors import QwenRecipesError
+from qwenrecipes.run.lock import LOCK_FILE
 
 MARKER_FILE = ".qwenrecipes-run.json"
 LOG_FILE = "engine.log"
@@ -32,32 +33,83 @@ def default_run_dir(recipe_name: str, engine: str) -> Path:
     return Path("runs") / f"{recipe_name}-{engine}"
 
 
-def read_marker(run_dir: Path) -> dict[str, Any] | None:
+def read_json_file(path: Path, problems: list[str] | None = None) -> Any:
+    """A JSON file's value, or None when it is missing or damaged; damage is described (file, line, why) in
+    `problems` for the caller to show. Readers of run files never fail on what a killed writer left."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+        return json.loads(text)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        _note(problems, f"{path}: cannot be read ({reason})")
+    except json.JSONDecodeError as exc:
+        _note(problems, f"{path} line {exc.lineno}: damaged JSON ({exc.msg})")
+    except RecursionError:
+        _note(problems, f"{path}: nested too deeply to read")
+    return None
+
+
+def _note(problems: list[str] | None, message: str) -> None:
+    if problems is not None:
+        problems.append(message)
+
+
+def read_marker(run_dir: Path, problems: list[str] | None = None) -> dict[str, Any] | None:
+    """The run dir's marker, or None. A marker that is there but damaged is described in `problems`."""
     marker = run_dir / MARKER_FILE
     if not marker.is_file() or marker.is_symlink():
         return None
-    try:
-        value = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    value = read_json_file(marker, problems)
+    if value is None:
         return None
-    return value if isinstance(value, dict) and value.get("kind") == "qwenrecipes-run" else None
+    if not isinstance(value, dict) or value.get("kind") != "qwenrecipes-run":
+        _note(problems, f"{marker}: not a qwenrecipes run marker (no \"kind\": \"qwenrecipes-run\")")
+        return None
+    created = value.get("created")
+    if created is not None and not (isinstance(created, (int, float)) and not isinstance(created, bool)
+                                    and 0 <= created < 1e11):
+        _note(problems, f"{marker}: \"created\" is not a time ({created!r}); ignored")
+        value = {**value, "created": None}
+    return value
 
 
 def is_run_dir(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and read_marker(path) is not None
 
 
+def has_marker_file(path: Path) -> bool:
+    """The folder carries our marker file, readable or not (a damaged marker is still ours to --force)."""
+    marker = path / MARKER_FILE
+    return path.is_dir() and not path.is_symlink() and marker.is_file() and not marker.is_symlink()
+
+
 def remove_run_dir(run_dir: Path) -> None:
-    """--force: delete a previous run. Only ever a real folder carrying our marker, never the folder we
-    stand in or one above it, so a mistyped --run-dir cannot wipe unrelated work."""
-    if not is_run_dir(run_dir):
+    """--force: delete a previous run. Only ever a real folder carrying our marker (damaged or not), never the
+    folder we stand in or one above it, so a mistyped --run-dir cannot wipe unrelated work. The run dir's lock
+    file stays (run/lock.py): whoever holds it keeps holding the one a second `run` would try."""
+    if not has_marker_file(run_dir):
         raise QwenRecipesError(
             f"{run_dir} is not a qwenrecipes run dir (no {MARKER_FILE}); --force only deletes runs: "
             "choose another --run-dir or move the folder away yourself")
     resolved, cwd = run_dir.resolve(), Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise QwenRecipesError(f"refusing to delete {run_dir}: it holds the current directory; cd elsewhere first")
-    shutil.rmtree(resolved)
+    # The marker goes last: a removal cut short still leaves a folder that --force will take.
+    entries = sorted(resolved.iterdir(), key=lambda p: p.name == MARKER_FILE)
+    for entry in entries:
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def is_empty_run_dir(path: Path) -> bool:
+    """Nothing in it but (maybe) the lock file."""
+    return all(entry.name == LOCK_FILE for entry in path.iterdir())
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

@@ -7,14 +7,16 @@ Library code: no printing, no sys.exit. Progress reaches the caller through ``on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
 
-from qwenrecipes.errors import QwenRecipesError
-from qwenrecipes.run.events import read_events
+from qwenrecipes.errors import EngineError, QwenRecipesError
+from qwenrecipes.run.events import parse_event_line
+from qwenrecipes.run.lock import lock_run_dir, unlock
+from qwenrecipes.run.procgroup import sigterm_interrupts
 from qwenrecipes.run.rundir import (
     EVENTS_FILE,
     MARKER_FILE,
@@ -22,7 +24,8 @@ from qwenrecipes.run.rundir import (
     SUPERSEDED_FILE,
     default_run_dir,
     find_checkpoints,
-    is_run_dir,
+    has_marker_file,
+    is_empty_run_dir,
     read_marker,
     remove_run_dir,
     write_json_atomic,
@@ -38,6 +41,12 @@ from qwenrecipes.run.spec import (
 from qwenrecipes.run.summary import build_summary, read_summary
 from qwenrecipes.run.supervisor import Supervisor
 
+CONTRADICTION = "--resume and --force contradict each other: --resume continues the run, --force deletes it; pass one"
+# Space kept free for summary.json and the last event, given back just before they are written: a disk that
+# fills up during the run still gets its summary.
+RESERVE_FILE = ".qwenrecipes-reserve"
+RESERVE_BYTES = 1 << 16
+
 
 def recipe_hash(resolved_text: str) -> str:
     return hashlib.sha256(resolved_text.encode("utf-8")).hexdigest()
@@ -50,10 +59,13 @@ def claim_run_dir(run_dir: Path, engine: str, digest: str, output_dir: Path, *, 
     Returns (checkpoint to resume from relative to run_dir, its step), or (None, 0) for a fresh run.
     """
     if resume and force:
-        raise QwenRecipesError("--resume and --force contradict each other: --resume continues the run, "
-                               "--force deletes it; pass one")
+        raise QwenRecipesError(CONTRADICTION)
     if resume:
-        marker = read_marker(run_dir) if run_dir.is_dir() else None
+        problems: list[str] = []
+        marker = read_marker(run_dir, problems) if run_dir.is_dir() else None
+        if marker is None and has_marker_file(run_dir):
+            raise QwenRecipesError(f"cannot resume {run_dir}: {'; '.join(problems) or 'its marker is damaged'}; "
+                                   "use --force to start over")
         if marker is None:
             raise QwenRecipesError(f"nothing to resume in {run_dir}: it is not a qwenrecipes run dir; "
                                    "run without --resume to start")
@@ -72,14 +84,45 @@ def claim_run_dir(run_dir: Path, engine: str, digest: str, output_dir: Path, *, 
         return str(checkpoint.relative_to(run_dir)), start_step
     if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
         raise QwenRecipesError(f"{run_dir} exists and is not a plain folder: choose another --run-dir")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and not is_empty_run_dir(run_dir):
         if not force:
-            hint = ("pass --resume to continue it or --force to delete it and start over"
-                    if is_run_dir(run_dir) else
-                    "it is not a qwenrecipes run, so --force will not delete it: choose another --run-dir")
+            if not has_marker_file(run_dir):
+                hint = "it is not a qwenrecipes run, so --force will not delete it: choose another --run-dir"
+            elif find_checkpoints(output_dir):
+                hint = "pass --resume to continue it or --force to delete it and start over"
+            else:
+                hint = "it holds a run with no checkpoint to resume from: pass --force to delete it and start over"
             raise QwenRecipesError(f"run dir {run_dir} is not empty: {hint}")
         remove_run_dir(run_dir)
     return None, 0
+
+
+def refuse_before_locking(run_dir: Path, *, resume: bool, force: bool) -> None:
+    """What can be refused without writing anything, checked before the lock file is created in run_dir: a
+    foreign folder is never written into (claim_run_dir checks again, under the lock)."""
+    if resume and force:
+        raise QwenRecipesError(CONTRADICTION)
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        raise QwenRecipesError(f"{run_dir} exists and is not a plain folder: choose another --run-dir")
+    if resume and not has_marker_file(run_dir):
+        raise QwenRecipesError(f"nothing to resume in {run_dir}: it is not a qwenrecipes run dir; "
+                               "run without --resume to start")
+    if run_dir.is_dir() and not has_marker_file(run_dir) and not is_empty_run_dir(run_dir):
+        raise QwenRecipesError(f"run dir {run_dir} is not empty: it is not a qwenrecipes run, so --force will not "
+                               "delete it: choose another --run-dir")
+
+
+def finished_run(run_dir: Path, output_dir: Path, total_steps: int | None) -> str | None:
+    """Why a run needs no --resume (its last invocation ended ok, or a checkpoint at the last step exists);
+    None when there is something left to train. Resuming a finished run would train one step past its end."""
+    summary = read_summary(run_dir) or {}
+    steps = summary.get("steps")
+    if summary.get("status") == "ok":
+        return f"it ended ok at step {steps}/{summary.get('total_steps') or '?'}"
+    checkpoints = find_checkpoints(output_dir)
+    if total_steps and checkpoints and checkpoints[-1][0] >= total_steps:
+        return f"its checkpoint at step {checkpoints[-1][0]} is the last of {total_steps} steps"
+    return None
 
 
 def prepare_run(recipe_path: str | Path, engine: str, *, run_dir: Path | None = None, resume: bool = False,
@@ -89,6 +132,7 @@ def prepare_run(recipe_path: str | Path, engine: str, *, run_dir: Path | None = 
     from qwenrecipes.recipe.plan import plan_recipe
     from qwenrecipes.render.folder import get_engine, render_plan, resolved_recipe_text, write_rendered
     from qwenrecipes.run import envs
+    from qwenrecipes.run.distributed import check_distributed, node_argv
 
     plan = plan_recipe(recipe_path, target=target)
     engine_obj = get_engine(engine)
@@ -96,15 +140,35 @@ def prepare_run(recipe_path: str | Path, engine: str, *, run_dir: Path | None = 
     digest = recipe_hash(resolved_recipe_text(plan))
     output_dir = run_dir / plan.recipe.output["dir"]
     engine_env = envs.env_for(engine)  # raises with the install hint when the env is missing
+    check_distributed(plan, engine_obj, run_dir, resume=resume)  # launcher limits, resume's world size
 
-    resume_from, start_step = claim_run_dir(run_dir, engine, digest, output_dir, resume=resume, force=force)
-    rendered = render_plan(plan, engine)
-    write_rendered(plan, rendered, run_dir)
-    if not resume:
-        write_json_atomic(run_dir / MARKER_FILE, {
-            "kind": "qwenrecipes-run", "engine": engine, "recipe": plan.recipe.name,
-            "recipe_source": str(Path(recipe_path).resolve()), "recipe_hash": digest, "created": time.time()})
+    refuse_before_locking(run_dir, resume=resume, force=force)
+    lock = lock_run_dir(run_dir)  # a second `run` into this dir stops here (exit 2, naming our pid)
+    fresh = False
+    try:
+        with sigterm_interrupts():
+            if resume and (done := finished_run(run_dir, output_dir, plan.max_steps)):
+                return RunSpec(run_dir=run_dir, engine=engine, argv=[], env={}, output_dir=output_dir,
+                               total_steps=plan.max_steps, recipe_name=plan.recipe.name, recipe_hash=digest,
+                               finished=done, lock=lock)
+            resume_from, start_step = claim_run_dir(run_dir, engine, digest, output_dir, resume=resume, force=force)
+            if not resume:
+                # The marker first: a preparation cut short (Ctrl-C while the data is written) leaves a run dir
+                # that --force takes, not a folder that looks foreign.
+                fresh = True
+                write_json_atomic(run_dir / MARKER_FILE, {
+                    "kind": "qwenrecipes-run", "engine": engine, "recipe": plan.recipe.name,
+                    "recipe_source": str(Path(recipe_path).resolve()), "recipe_hash": digest,
+                    "created": time.time()})
+            rendered = render_plan(plan, engine)
+            write_rendered(plan, rendered, run_dir)
+    except BaseException as exc:
+        if fresh:
+            _summary_before_start(run_dir, engine, plan.recipe.name, digest, plan.max_steps, exc)
+        unlock(lock)
+        raise
     argv = engine_obj.command(plan, resume_from=resume_from) if resume_from else list(rendered.argv)
+    argv = node_argv(plan, argv)  # several nodes: this node's rank and the rendezvous from the environment
     # bin/ first on PATH, telemetry off (envs.base_environment), then the engine's own variables; our
     # environment underneath so secrets (HF_TOKEN, WANDB_API_KEY) reach the engine without touching a file.
     env = engine_env.run_environment(rendered.environment, wandb=plan.recipe.output["report_to"] == "wandb")
@@ -114,46 +178,107 @@ def prepare_run(recipe_path: str | Path, engine: str, *, run_dir: Path | None = 
         output_dir=output_dir, logging_steps=int(plan.recipe.training["logging_steps"] or 1),
         total_steps=plan.max_steps, recipe_name=plan.recipe.name, recipe_hash=digest,
         versions=dict(engine_env.versions), resume_from=resume_from, start_step=start_step,
-        stall_timeout=stall_timeout, traceback_timeout=traceback_timeout, grace=grace, warnings=list(rendered.warnings))
+        stall_timeout=stall_timeout, traceback_timeout=traceback_timeout, grace=grace, warnings=list(rendered.warnings),
+        lock=lock)
+
+
+def _summary_before_start(run_dir: Path, engine: str, recipe: str, digest: str, total_steps: int | None,
+                          exc: BaseException) -> None:
+    """A fresh run stopped while its folder was being prepared still gets a summary (and says --force)."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    reason = ("interrupted while preparing the run dir, before the engine started" if interrupted else
+              f"preparing the run dir failed: {exc}")
+    now = time.time()
+    summary = {"schema": 1, "engine": engine, "recipe": recipe, "recipe_hash": digest,
+               "status": "interrupted" if interrupted else "failed", "phase": "preparing", "returncode": None,
+               "started": round(now, 3), "ended": round(now, 3), "wall_time_s": 0.0, "total_wall_time_s": 0.0,
+               "steps": 0, "total_steps": total_steps, "artifacts": {"checkpoints": []},
+               "error": {"reason": f"{reason}; start over with --force"}}
+    with contextlib.suppress(OSError):
+        write_json_atomic(run_dir / SUMMARY_FILE, summary)
 
 
 def _truncate_events_after(run_dir: Path, step: int) -> None:
     """Resuming from checkpoint-N replays steps N+1...: move their old events aside so every step appears
     once in events.jsonl (kept in events.superseded.jsonl, not deleted)."""
     path = run_dir / EVENTS_FILE
-    events = read_events(path)
-    keep = [e for e in events if not (isinstance(e.get("step"), int) and e["step"] > step)]
-    gone = [e for e in events if isinstance(e.get("step"), int) and e["step"] > step]
+    try:
+        lines = path.read_bytes().splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+    keep: list[bytes] = []
+    gone: list[bytes] = []
+    for line in lines:
+        # A damaged line is kept as it is (readers skip it and name it): resuming loses nothing.
+        event = parse_event_line(line)
+        later = event is not None and isinstance(event.get("step"), int) and event["step"] > step
+        (gone if later else keep).append(line if line.endswith(b"\n") else line + b"\n")
     if gone:
-        with open(run_dir / SUPERSEDED_FILE, "a", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in gone)
+        with open(run_dir / SUPERSEDED_FILE, "ab") as handle:
+            handle.writelines(gone)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in keep), encoding="utf-8")
+    temporary.write_bytes(b"".join(keep))
     os.replace(temporary, path)
 
 
 def execute(spec: RunSpec, on_event: EventCallback | None = None) -> RunResult:
-    """Run the engine command in the run dir, supervised; always writes summary.json."""
-    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    """Run the engine command in the run dir, supervised; always writes summary.json (a finished run given to
+    --resume runs nothing and writes nothing). Holds the run dir's lock until the summary is written."""
+    if spec.lock is None:
+        spec.lock = lock_run_dir(spec.run_dir)
+    try:
+        if spec.finished is not None:
+            return RunResult(spec.run_dir, "ok", read_summary(spec.run_dir) or {"status": "ok"})
+        return _execute(spec, on_event)
+    finally:
+        unlock(spec.lock)
+        spec.lock = None
+
+
+def _execute(spec: RunSpec, on_event: EventCallback | None) -> RunResult:
+    reserve = spec.run_dir / RESERVE_FILE
+    with contextlib.suppress(OSError):
+        reserve.write_bytes(b"\0" * RESERVE_BYTES)
     supervisor = Supervisor(spec, on_event)
     started = time.time()
     previous = read_summary(spec.run_dir) if spec.resume_from else None
-    with open(spec.run_dir / EVENTS_FILE, "a", encoding="utf-8") as supervisor.events:
-        supervisor.emit({"type": "start", "engine": spec.engine, "argv": spec.argv, "resume_from": spec.resume_from,
-                         "start_step": spec.start_step, "total_steps": spec.total_steps, "versions": spec.versions,
-                         "recipe_hash": spec.recipe_hash})
-        for warning in spec.warnings:
-            supervisor.emit({"type": "warning", "message": warning, "source": "qwenrecipes"})
-    status, returncode = supervisor.run()
+    crash: BaseException | None = None
+    try:
+        with sigterm_interrupts(), open(spec.run_dir / EVENTS_FILE, "a", encoding="utf-8") as supervisor.events:
+            supervisor.emit({"type": "start", "engine": spec.engine, "argv": spec.argv,
+                             "resume_from": spec.resume_from, "start_step": spec.start_step,
+                             "total_steps": spec.total_steps, "versions": spec.versions,
+                             "recipe_hash": spec.recipe_hash})
+            for warning in spec.warnings:
+                supervisor.emit({"type": "warning", "message": warning, "source": "qwenrecipes"})
+        status, returncode = supervisor.run()
+    except KeyboardInterrupt:  # before the engine started (supervisor.run turns signals into a flag)
+        status, returncode = "interrupted", None
+        supervisor.kill_reason = "interrupted"
+    except OSError as exc:  # a full disk, a vanished folder: the summary says which file
+        status, returncode = "failed", None
+        supervisor.kill_reason = supervisor.kill_reason or f"could not write the run's files: {exc}"
+    except Exception as exc:  # a bug of ours: still a summary, then the traceback
+        status, returncode, crash = "failed", None, exc
+        supervisor.kill_reason = f"qwenrecipes failed while supervising: {exc!r}"
     ended = time.time()
+    with contextlib.suppress(OSError):
+        reserve.unlink()
     summary = build_summary(spec, supervisor, status=status, returncode=returncode, started=started, ended=ended,
                             previous=previous)
-    with open(spec.run_dir / EVENTS_FILE, "a", encoding="utf-8") as supervisor.events:
+    with contextlib.suppress(OSError), \
+            open(spec.run_dir / EVENTS_FILE, "a", encoding="utf-8") as supervisor.events:
         supervisor.emit({"type": "end", "status": status, "returncode": returncode,
                          "wall_time_s": round(ended - started, 3), "steps": summary.get("steps"),
                          **({"message": summary["error"]["reason"]} if summary.get("error") else {}),
                          **{k: v for k, v in supervisor.metrics.items() if k != "type"}})
-    write_json_atomic(spec.run_dir / SUMMARY_FILE, supervisor.redactor.value(summary))
+    try:
+        write_json_atomic(spec.run_dir / SUMMARY_FILE, supervisor.redactor.value(summary))
+    except OSError as exc:
+        raise EngineError(f"the run ended {status}, but {spec.run_dir / SUMMARY_FILE} could not be written: "
+                          f"{exc.strerror or exc}") from exc
+    if crash is not None:
+        raise crash
     return RunResult(spec.run_dir, status, summary)
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qwenrecipes.errors import QwenRecipesError
 from qwenrecipes.run.events import Event, read_events
-from qwenrecipes.run.rundir import EVENTS_FILE, MARKER_FILE, read_marker
+from qwenrecipes.run.rundir import EVENTS_FILE, MARKER_FILE, has_marker_file, read_marker
 from qwenrecipes.run.summary import read_summary
 
 LOSS_PLOT = "loss.png"
@@ -17,36 +17,54 @@ LOSS_PLOT = "loss.png"
 @dataclass(frozen=True)
 class RunInfo:
     path: Path
-    marker: dict[str, Any]
+    marker: dict[str, Any]  # {} when the marker is damaged (see problems)
     summary: dict[str, Any] | None  # None: still running, or killed before it could write one
+    # Damaged run files, each named with its line and what is wrong; readers go on without the damaged part.
+    problems: list[str] = field(default_factory=list)
 
     @property
     def engine(self) -> str:
-        return str(self.marker.get("engine", "?"))
+        return str(self.marker.get("engine") or "?")
 
     @property
     def status(self) -> str:
-        return str(self.summary.get("status")) if self.summary else "unfinished"
+        if self.summary and self.summary.get("status"):
+            return str(self.summary["status"])
+        return "damaged" if not self.marker else "unfinished"
 
-    def events(self) -> list[Event]:
-        return read_events(self.path / EVENTS_FILE)
+    @property
+    def created(self) -> float:
+        created = self.marker.get("created")
+        return float(created) if isinstance(created, (int, float)) else 0.0
+
+    def events(self, problems: list[str] | None = None) -> list[Event]:
+        return read_events(self.path / EVENTS_FILE, problems)
+
+
+def _info(path: Path) -> RunInfo | None:
+    problems: list[str] = []
+    marker = read_marker(path, problems)
+    if marker is None and not (problems and has_marker_file(path)):
+        return None
+    return RunInfo(path, marker or {}, read_summary(path, problems), problems)
 
 
 def load_run(path: Path) -> RunInfo:
-    marker = read_marker(path) if path.is_dir() else None
-    if marker is None:
+    run = _info(path) if path.is_dir() else None
+    if run is None:
         raise QwenRecipesError(f"{path} is not a qwenrecipes run dir (no {MARKER_FILE}): "
                                "list runs with `qwenrecipes runs`")
-    return RunInfo(path, marker, read_summary(path))
+    return run
 
 
 def list_runs(root: Path) -> list[RunInfo]:
-    """Run dirs at `root` itself or one level below it (runs/<recipe>-<engine>), newest first."""
+    """Run dirs at `root` itself or one level below it (runs/<recipe>-<engine>), newest first; damaged ones
+    are listed too (status "damaged", their problems named)."""
     if not root.is_dir():
         raise QwenRecipesError(f"{root} is not a folder: pass the folder that holds your run dirs (default runs/)")
-    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
-    found = [RunInfo(p, m, read_summary(p)) for p in candidates if (m := read_marker(p)) is not None]
-    return sorted(found, key=lambda r: float(r.marker.get("created") or 0), reverse=True)
+    candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())]
+    found = [run for p in candidates if (run := _info(p)) is not None]
+    return sorted(found, key=lambda r: r.created, reverse=True)
 
 
 def loss_curves(events: list[Event]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:

@@ -37,6 +37,10 @@ class RunSpec:
     traceback_timeout: float = DEFAULT_TRACEBACK_TIMEOUT
     grace: float = DEFAULT_GRACE
     warnings: list[str] = field(default_factory=list)
+    # --resume of a run that already finished: why it is done (execute then runs nothing and writes nothing).
+    finished: str | None = None
+    # The run dir's lock (run/lock.py) taken by prepare_run; execute takes it when None and releases it.
+    lock: int | None = None
 
 
 @dataclass(frozen=True)
@@ -44,3 +48,15 @@ class RunResult:
     run_dir: Path
     status: str  # "ok" | "failed" | "interrupted"
     summary: dict[str, Any]
+
+    @property
+    def resumable(self) -> bool:
+        """A complete checkpoint exists: --resume continues; without one only --force starts over."""
+        artifacts = self.summary.get("artifacts")
+        return bool(isinstance(artifacts, dict) and artifacts.get("checkpoints"))
+
+    @property
+    def next_step(self) -> str:
+        """The flag that works after an interruption, with what it does."""
+        return ("--resume  (continues from the last checkpoint)" if self.resumable else
+                "--force  (no checkpoint was saved yet, so the run starts over)")

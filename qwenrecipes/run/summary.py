@@ -3,24 +3,45 @@ its diagnosis), built from events.jsonl and the supervisor; and its reader."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from qwenrecipes.run import doctor
 from qwenrecipes.run.events import Event, read_events
-from qwenrecipes.run.rundir import EVENTS_FILE, SUMMARY_FILE, find_artifacts
+from qwenrecipes.run.rundir import EVENTS_FILE, SUMMARY_FILE, find_artifacts, read_json_file
 from qwenrecipes.run.spec import RunSpec
 from qwenrecipes.run.supervisor import Supervisor
 
+# Keys the readers (show, runs, resume, ui) use as objects or strings; a damaged value is dropped, not trusted.
+_OBJECT_KEYS = ("error", "artifacts", "versions")
+_TEXT_KEYS = ("status", "engine", "recipe", "recipe_hash")
 
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """A run's summary.json, or None while it runs (or when it was killed before writing one, or is damaged)."""
-    try:
-        value = json.loads((run_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+
+def read_summary(run_dir: Path, problems: list[str] | None = None) -> dict[str, Any] | None:
+    """A run's summary.json, or None while it runs (or when it was killed before writing one). A damaged one
+    is None (or loses its damaged keys), described by file and line in `problems`."""
+    path = run_dir / SUMMARY_FILE
+    value = read_json_file(path, problems)
+    if value is None:
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        if problems is not None:
+            problems.append(f"{path}: not a JSON object; ignored")
+        return None
+    for key in _OBJECT_KEYS:
+        if value.get(key) is not None and not isinstance(value[key], dict):
+            if problems is not None:
+                problems.append(f"{path}: {key!r} is not an object; ignored")
+            value[key] = None
+    for key in _TEXT_KEYS:
+        if value.get(key) is not None and not isinstance(value[key], str):
+            if problems is not None:
+                problems.append(f"{path}: {key!r} is not text; ignored")
+            value[key] = None
+    for key in ("wall_time_s", "total_wall_time_s"):
+        if value.get(key) is not None and (isinstance(value[key], bool) or not isinstance(value[key], (int, float))):
+            value[key] = None
+    return value
 
 
 def _numbers(events: list[Event], key: str) -> list[float]:
@@ -78,7 +99,9 @@ def build_summary(spec: RunSpec, supervisor: Supervisor, *, status: str, returnc
     if status == "failed":
         summary["error"] = error_info(supervisor, returncode)
     elif status == "interrupted":
-        summary["error"] = {"reason": "interrupted (Ctrl-C or SIGTERM); continue with --resume"}
+        how = ("continue with --resume" if summary["artifacts"]["checkpoints"] else
+               "no checkpoint was saved yet: start over with --force")
+        summary["error"] = {"reason": f"interrupted (Ctrl-C or SIGTERM); {how}"}
     return summary
 
 

@@ -10,6 +10,7 @@ import queue
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,17 @@ from typing import BinaryIO, TextIO
 
 from qwenrecipes.errors import EngineError
 from qwenrecipes.run.events import EVENT_TYPES, Event, Normalizer, decode_line, make_event
-from qwenrecipes.run.procgroup import end_group, group_cpu_seconds, group_rss_gb, killpg, signals_to_flag
+from qwenrecipes.run.procgroup import (
+    become_subreaper,
+    children_of,
+    descendants,
+    die_with_parent,
+    end_tree,
+    group_cpu_seconds,
+    group_rss_gb,
+    killpg,
+    signals_to_flag,
+)
 from qwenrecipes.run.ranks import RankTracebacks, split_rank
 from qwenrecipes.run.redact import Redactor
 from qwenrecipes.run.rundir import EVENTS_FILE, LOG_FILE, find_checkpoints
@@ -47,6 +58,8 @@ class Supervisor:
         self.peak_rss_gb: float | None = None
         self.log_tail: list[str] = []
         self.metrics: Event = {}
+        self.write_error: str | None = None  # the first log/events write that failed (a full disk)
+        self.existing_children: set[int] = set()  # our children from before the engine: not the engine's
         self.log: BinaryIO  # opened by run()
         self.events: TextIO  # opened by run() / execute()
 
@@ -65,17 +78,30 @@ class Supervisor:
             self.seen_checkpoints.add(key)
         if event["type"] in EVENT_TYPES:
             stamped = make_event(self.redactor.value(event), t=time.time())
-            self.events.write(json.dumps(stamped, ensure_ascii=False) + "\n")
-            self.events.flush()
+            if self.write_error is None:
+                try:
+                    self.events.write(json.dumps(stamped, ensure_ascii=False) + "\n")
+                    self.events.flush()
+                except OSError as exc:
+                    self._write_failed(self.spec.run_dir / EVENTS_FILE, exc)
             event = stamped
         elif event["type"] == "metrics":
             self.metrics = event
         if self.on_event is not None:
             self.on_event(event)
 
+    def _write_failed(self, path: Path, exc: OSError) -> None:
+        """A full disk (or a vanished run dir): stop writing, and the loop stops the engine, which could not
+        save its checkpoints either; the summary names the file."""
+        self.write_error = f"could not write {path}: {exc.strerror or exc}; the engine was stopped"
+
     def handle_line(self, raw: bytes, terminator: bytes) -> None:
         clean = self.redactor.data(raw)
-        self.log.write(clean + terminator)
+        if self.write_error is None:
+            try:
+                self.log.write(clean + terminator)  # unbuffered: on disk as it comes, even if `run` is killed
+            except OSError as exc:
+                self._write_failed(self.spec.run_dir / LOG_FILE, exc)
         text = decode_line(clean)
         if text.strip():
             self.log_tail = [*self.log_tail[-39:], text]
@@ -126,7 +152,9 @@ class Supervisor:
     def run(self) -> tuple[str, int | None]:
         spec = self.spec
         flag: list[int] = []
-        with open(spec.run_dir / LOG_FILE, "ab") as self.log, \
+        become_subreaper()  # setsid descendants stay ours to find and end (procgroup.end_tree)
+        self.existing_children = children_of(os.getpid())
+        with open(spec.run_dir / LOG_FILE, "ab", buffering=0) as self.log, \
                 open(spec.run_dir / EVENTS_FILE, "a", encoding="utf-8") as self.events, \
                 signals_to_flag(flag):
             header = (f"\n===== qwenrecipes: {' '.join(spec.argv)} (resume_from={spec.resume_from}) "
@@ -135,11 +163,32 @@ class Supervisor:
             try:
                 process = subprocess.Popen(
                     spec.argv, cwd=spec.run_dir, env=spec.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT, start_new_session=True)
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                    preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
             except OSError as exc:
                 raise EngineError(f"could not start {spec.argv[0]!r} for {spec.engine}: {exc}; "
                                   f"reinstall the {spec.engine} env") from exc
-            return self._loop(process, flag)
+            try:
+                return self._loop(process, flag)
+            finally:
+                # Whatever happened (an error of ours included), nothing of the engine outlives the run.
+                self.end_all(process)
+
+    def end_all(self, process: subprocess.Popen[bytes]) -> None:
+        end_tree(self.pgid, exclude=self.existing_children | {process.pid})
+        with contextlib.suppress(OSError):
+            process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+        end_tree(self.pgid, exclude=self.existing_children)
+
+    def kill_tree(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL the engine's group and every descendant outside it (a setsid child holding the pipe)."""
+        killpg(process.pid, signal.SIGKILL)
+        for pid, zombie in descendants(os.getpid(), self.existing_children):
+            if not zombie:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _loop(self, process: subprocess.Popen[bytes], flag: list[int]) -> tuple[str, int | None]:
         spec = self.spec
@@ -179,8 +228,11 @@ class Supervisor:
                 for i in range(0, len(parts) - 1, 2):
                     self.handle_line(parts[i], parts[i + 1])
                 if len(pending) > _MAX_PENDING:
-                    self.handle_line(pending, b"\n")
-                    pending = b""
+                    # A line this long is written in pieces, cut where no secret can straddle the cut
+                    # (a secret split in two would escape redaction); the rest waits for more output.
+                    now_part, pending = self.redactor.split_safe(pending, force=len(pending) > 4 * _MAX_PENDING)
+                    if now_part:
+                        self.handle_line(now_part, b"")
             now = time.time()
             if now - last_poll >= 1.0:
                 last_poll = now
@@ -192,8 +244,8 @@ class Supervisor:
                 # The engine exited but a leftover child (dataloader worker, compile server) may hold the
                 # pipe open forever: after a moment to drain, end the group so the read sees EOF.
                 exited_at = exited_at or now
-                if not killed and now - exited_at > 2.0:
-                    killpg(pgid, signal.SIGKILL)
+                if now - exited_at > 2.0 and (not killed or now - exited_at > 4.0):
+                    self.kill_tree(process)  # the group and any setsid descendant holding the pipe
                     killed = True
             if self.kill_reason is None and stop_sent_at is None and process.poll() is None:
                 if flag:
@@ -201,6 +253,10 @@ class Supervisor:
                     self.kill_reason = "interrupted"
                     # SIGINT lets HF Trainer raise KeyboardInterrupt and unwind; SIGTERM passes on as is.
                     killpg(pgid, signal.SIGINT if flag[0] == signal.SIGINT else signal.SIGTERM)
+                elif self.write_error is not None:
+                    self.kill_reason = self.write_error
+                    stop_sent_at = now
+                    killpg(pgid, signal.SIGTERM)
                 elif now - self.last_output > spec.stall_timeout:
                     self.kill_reason = f"stalled: no output for {int(now - self.last_output)} s " \
                                        f"(--stall-timeout {spec.stall_timeout:g})"
@@ -213,14 +269,14 @@ class Supervisor:
             # A second Ctrl-C means "now"; otherwise the engine gets the grace period to unwind.
             if (stop_sent_at is not None and not killed and process.poll() is None
                     and (now - stop_sent_at > spec.grace or len(flag) > 1)):
-                killpg(pgid, signal.SIGKILL)
+                self.kill_tree(process)
                 killed = True
         if pending:
             self.handle_line(pending, b"\n")
         for event in self.normalizer.flush():
             self.emit(event)
         returncode = process.wait()
-        end_group(pgid)  # nothing of the engine outlives the run
+        end_tree(pgid, exclude=self.existing_children)  # nothing of the engine outlives the run
         self.poll_checkpoints()
         if flag and self.kill_reason is None:
             self.kill_reason = "interrupted"  # the signal came as the engine was finishing anyway

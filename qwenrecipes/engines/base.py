@@ -146,6 +146,11 @@ class Engine(Protocol):
         """What an offline bundle of this engine holds; None: no bundle."""
         ...
 
+    def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        """(recipe field, reason) for each distribution setting its launcher cannot run (`run` refuses them,
+        exit 2; `render` warns). Multi-process commands use the shared options of engines/launchers.py."""
+        ...
+
 
 class BaseEngine:
     """Defaults for every member of ``Engine`` but render/command/environment/effective: subclass it and set
@@ -186,6 +191,9 @@ class BaseEngine:
 
     def bundle(self) -> BundleSpec | None:
         return None
+
+    def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        return []
 
 
 # Telemetry off: the one list, used by every engine's environment() (so the rendered COMMAND file alone runs

@@ -44,9 +44,14 @@ class Plan:
     memory: dict[str, Any] | None = None  # that resolution's decisions and their reasons
 
     @property
+    def world_size(self) -> int:
+        """Training processes in all: one per GPU (or CPU process) on every node."""
+        return self.recipe.distributed["gpus"] * self.recipe.distributed["nodes"]
+
+    @property
     def effective_batch(self) -> int:
         t = self.recipe.training
-        return t["micro_batch_size"] * t["gradient_accumulation_steps"] * self.recipe.distributed["gpus"]
+        return t["micro_batch_size"] * t["gradient_accumulation_steps"] * self.world_size
 
     @property
     def has_eval(self) -> bool:
@@ -96,6 +101,7 @@ class Plan:
             "train_rows": len(self.train_rows) if self.train_rows is not None else None,
             "eval_rows": len(self.eval_rows) if self.eval_rows is not None else None,
             "dropped_rows": [report.as_dict() for report in self.dropped_rows],
+            "world_size": self.world_size,
             "effective_batch": self.effective_batch,
             "max_steps": self.max_steps,
             "warmup_steps": self.warmup_steps,
@@ -144,8 +150,8 @@ def _rule_problems(recipe: Recipe, target: str, precision: str) -> list[tuple[st
                     "partitionable): use deepspeed_zero2"))
     if distributed["zero_offload"] and not distributed["strategy"].startswith("deepspeed"):
         out.append(("distributed.zero_offload", "zero_offload needs a deepspeed_* strategy"))
-    if distributed["gpus"] > 1 and distributed["strategy"] == "none":
-        out.append(("distributed.strategy", "several GPUs need a strategy: ddp, deepspeed_zero2 or fsdp"))
+    if distributed["gpus"] * distributed["nodes"] > 1 and distributed["strategy"] == "none":
+        out.append(("distributed.strategy", "several GPUs or nodes need a strategy: ddp, deepspeed_zero2 or fsdp"))
     if training["liger_kernel"] is True and method["type"] == "qlora":
         out.append(("training.liger_kernel",
                     "Liger kernels with QLoRA fail on 4-bit weights in several engines: set liger_kernel: false"))
@@ -244,11 +250,13 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
         warnings.append(f"{recipe.train.path!r} is a hub dataset, loaded by each engine by name: qwenrecipes cannot "
                         "apply the think rule, drop over-long rows or fix the row order for it; download it to a "
                         "local file for identical training on every engine")
-    per_step = training["micro_batch_size"] * training["gradient_accumulation_steps"] * recipe.distributed["gpus"]
+    world = recipe.distributed["gpus"] * recipe.distributed["nodes"]
+    per_step = training["micro_batch_size"] * training["gradient_accumulation_steps"] * world
     max_steps = training["max_steps"]
     if train_rows is not None and per_step > len(train_rows):
         pairs.append(("training.gradient_accumulation_steps",
-                      f"effective batch {per_step} (micro_batch_size x gradient_accumulation_steps x gpus) is larger "
+                      f"effective batch {per_step} (micro_batch_size x gradient_accumulation_steps x world size "
+                      f"{world} = gpus x nodes) is larger "
                       f"than the {len(train_rows)} training rows: "
                       "lower micro_batch_size or gradient_accumulation_steps"))
     if max_steps is None and train_rows is not None and not data["packing"]:

@@ -14,6 +14,7 @@ from qwenrecipes.engines.base import Engine
 from qwenrecipes.engines.templating import dump_yaml
 from qwenrecipes.errors import QwenRecipesError
 from qwenrecipes.recipe.plan import EVAL_FILE, TRAIN_FILE, Plan
+from qwenrecipes.render.multinode import LAUNCH_FILE, SBATCH_FILE, multinode_files
 from qwenrecipes.render.resolve import resolve_for_engine
 from qwenrecipes.render.write import publish, write_file
 
@@ -59,6 +60,11 @@ def render_plan(plan: Plan, engine_name: str) -> Rendered:
     rendered = Rendered(engine_name, files, engine.command(plan), engine.environment(plan), list(plan.warnings))
     files[RESOLVED_RECIPE] = resolved_recipe_text(plan)
     files[COMMAND_FILE] = f"cd \"$(dirname \"$0\")\" 2>/dev/null || true\n{rendered.command_line}\n"
+    # Several nodes: the per-node launch script, sbatch and SkyPilot task (render/multinode.py); what the
+    # engine's launcher cannot run is said now and refused by `run`.
+    files.update(multinode_files(plan, engine_name, rendered.argv, rendered.environment, rendered.command_line))
+    rendered.warnings.extend(f"{engine_name} cannot run this recipe ({field}): {reason}"
+                             for field, reason in engine.launch_problems(plan))
     files["plan.json"] = json.dumps({"engine": engine_name, **plan.summary()}, indent=2) + "\n"
     return rendered
 
@@ -90,7 +96,8 @@ def write_rendered(plan: Plan, rendered: Rendered, out_dir: Path, *, shown_as: P
         jobs.append((TRAIN_FILE, _jsonl(stream)))
     if plan.eval_rows:
         jobs.append((EVAL_FILE, _jsonl(plan.eval_rows)))
-    return [write_file(out_dir, relative, job, shown_root=shown_as, executable=relative == COMMAND_FILE)
+    scripts = (COMMAND_FILE, LAUNCH_FILE, SBATCH_FILE)
+    return [write_file(out_dir, relative, job, shown_root=shown_as, executable=relative in scripts)
             for relative, job in jobs]
 
 

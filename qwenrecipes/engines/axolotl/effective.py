@@ -163,8 +163,9 @@ def _gpus_from_command(files: dict[str, str], default: int) -> int:
     """GPU count is a launcher argument, not a config key: read it from the rendered COMMAND when present."""
     command = files.get("COMMAND", "")
     marker = "--nproc_per_node="
-    if marker in command:
-        digits = command.split(marker, 1)[1].split()[0].strip("'\"")
-        if digits.isdigit():
-            return int(digits)
-    return default
+    count = default
+    for marker in ("--nproc_per_node=", "--nnodes="):  # world size: processes per node x nodes
+        if marker in command:
+            digits = command.split(marker, 1)[1].split()[0].strip("'\"")
+            count = count * int(digits) if digits.isdigit() else count
+    return count

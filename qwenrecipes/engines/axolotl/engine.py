@@ -33,6 +33,7 @@ from qwenrecipes.engines.base import (
     header_context,
 )
 from qwenrecipes.engines.deepspeed import DEEPSPEED_FILE, deepspeed_config
+from qwenrecipes.engines.launchers import is_multiprocess, torchrun_args
 from qwenrecipes.engines.templating import render_template
 from qwenrecipes.recipe import concepts
 from qwenrecipes.recipe.memory import EngineProfile
@@ -251,7 +252,7 @@ class AxolotlEngine(BaseEngine):
                 "reshard_after_forward": True,
                 "cpu_ram_efficient_loading": False,
             }
-        if recipe.distributed["gpus"] > 1:
+        if recipe.distributed["gpus"] * recipe.distributed["nodes"] > 1:
             dist["ddp_find_unused_parameters"] = False
 
         out = [("model and precision", model), ("method", adapter), ("data, chat template and loss mask",
@@ -287,12 +288,12 @@ class AxolotlEngine(BaseEngine):
         return files
 
     def command(self, plan: Plan, resume_from: str | None = None) -> list[str]:
-        gpus = plan.recipe.distributed["gpus"]
         resume = ["--resume-from-checkpoint", resume_from] if resume_from else []
-        if gpus > 1:
+        if is_multiprocess(plan):
             # One process per GPU; torchrun is explicit where Axolotl's default accelerate launcher would
-            # read a machine-wide accelerate config.
-            return ["axolotl", "train", MAIN_FILE, *resume, "--launcher", "torchrun", "--", f"--nproc_per_node={gpus}"]
+            # read a machine-wide accelerate config. Everything after "--" goes to torchrun as is
+            # (a multi-node c10d rendezvous passes its own --rdzv_id, the same on every node).
+            return ["axolotl", "train", MAIN_FILE, *resume, "--launcher", "torchrun", "--", *torchrun_args(plan)]
         return ["axolotl", "train", MAIN_FILE, *resume, "--launcher", "python"]
 
     def environment(self, plan: Plan) -> dict[str, str]:

@@ -94,6 +94,9 @@ def effective(files: dict[str, str]) -> dict[str, Any]:
     if "NPROC_PER_NODE=" in env_line:
         digits = env_line.split("NPROC_PER_NODE=", 1)[1].split()[0].strip("'\"")
         gpus = int(digits) if digits.isdigit() else 1
+    if "NNODES=" in env_line:  # world size: processes per node x nodes
+        digits = env_line.split("NNODES=", 1)[1].split()[0].strip("'\"")
+        gpus *= int(digits) if digits.isdigit() else 1
     accel = files.get(ACCELERATE_FSDP)
     if accel:
         gpus = int((yaml.safe_load(accel) or {}).get("num_processes", gpus))

@@ -28,6 +28,7 @@ from typing import Any
 
 from qwenrecipes.engines.base import BaseEngine, BundleSpec, EnvSpec, Residual, engine_environment, header_context
 from qwenrecipes.engines.deepspeed import DEEPSPEED_FILE, deepspeed_config
+from qwenrecipes.engines.launchers import accelerate_args, is_multiprocess, torchrun_environment
 from qwenrecipes.engines.templating import render_template
 from qwenrecipes.recipe import concepts
 from qwenrecipes.recipe.memory import EngineProfile
@@ -196,7 +197,7 @@ class LlamaFactoryEngine(BaseEngine):
             "dataloader_num_workers": 0,
             "ddp_timeout": 180000000,  # LF's examples: long tokenization on rank 0 must not time out DDP
         })
-        if recipe.distributed["gpus"] > 1:
+        if recipe.distributed["gpus"] * recipe.distributed["nodes"] > 1:
             train["ddp_find_unused_parameters"] = False
         if recipe.distributed["strategy"].startswith("deepspeed"):
             train["deepspeed"] = DEEPSPEED_FILE
@@ -264,8 +265,8 @@ class LlamaFactoryEngine(BaseEngine):
                 "fsdp_reshard_after_forward": True,
             },
             "mixed_precision": {"bf16": "bf16", "fp16": "fp16"}.get(plan.precision, "no"),
-            "num_machines": 1,
-            "num_processes": plan.recipe.distributed["gpus"],
+            "num_machines": plan.recipe.distributed["nodes"],
+            "num_processes": plan.world_size,  # every node's; this node's rank comes from the command line
             "machine_rank": 0,
             "main_training_function": "main",
             "rdzv_backend": "static",
@@ -277,18 +278,21 @@ class LlamaFactoryEngine(BaseEngine):
         # LF merges `key=value` arguments after the YAML into it (OmegaConf), so resuming is an override.
         resume = [f"resume_from_checkpoint={resume_from}"] if resume_from else []
         if plan.recipe.distributed["strategy"] == "fsdp":
-            return ["accelerate", "launch", "--config_file", ACCELERATE_FSDP, "-m", "llamafactory.launcher",
-                    MAIN_FILE, *resume]
+            return ["accelerate", "launch", "--config_file", ACCELERATE_FSDP, *accelerate_args(plan),
+                    "-m", "llamafactory.launcher", MAIN_FILE, *resume]
         return ["llamafactory-cli", "train", MAIN_FILE, *resume]
 
     def environment(self, plan: Plan) -> dict[str, str]:
         # DISABLE_VERSION_CHECK: LF 0.9.5 refuses transformers/peft/trl versions outside its own pins at
         # start-up; the engine env is pinned and tested by qwenrecipes, so that check only blocks runs.
         own = {"DISABLE_VERSION_CHECK": "1"}
-        gpus = plan.recipe.distributed["gpus"]
-        if gpus > 1 and plan.recipe.distributed["strategy"] != "fsdp":
-            # Explicit torchrun with the recipe's GPU count (LF would otherwise take every visible GPU).
-            own.update({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(gpus), "NNODES": "1"})
+        distributed = plan.recipe.distributed
+        if is_multiprocess(plan) and distributed["strategy"] != "fsdp":
+            # Explicit torchrun with the recipe's GPU count (LF would otherwise take every visible GPU). LF's
+            # launcher reads NODE_RANK, MASTER_ADDR and MASTER_PORT from the environment itself (launch_node.sh
+            # sets them); torchrun reads PET_LOG_DIR / PET_TEE, so every rank's output is kept in ranks/.
+            own.update({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(distributed["gpus"]),
+                        "NNODES": str(distributed["nodes"]), **torchrun_environment(plan)})
         return engine_environment(plan, own)
 
     def effective(self, files: dict[str, str]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from qwenrecipes.engines.base import (
     engine_environment,
     header_context,
 )
+from qwenrecipes.engines.launchers import accelerate_args, is_multiprocess
 from qwenrecipes.engines.templating import render_template
 from qwenrecipes.recipe import concepts
 from qwenrecipes.recipe.memory import EngineProfile
@@ -206,8 +207,13 @@ def _accelerate_config(plan: Plan) -> dict[str, Any]:
     distributed = plan.recipe.distributed
     strategy = distributed["strategy"]
     mixed = {"bf16": "bf16", "fp16": "fp16"}.get(plan.precision, "no")
-    config: dict[str, Any] = {"compute_environment": "LOCAL_MACHINE", "num_machines": 1, "machine_rank": 0,
-                              "num_processes": distributed["gpus"], "mixed_precision": mixed, "use_cpu": False}
+    # num_processes counts every node's; machine_rank and the main node's address come from the command line
+    # (launchers.accelerate_args). use_cpu stays false even for CPU processes: accelerate's CPU path is a
+    # single process (or mpirun); MULTI_GPU launches torchrun, and trl_config.yaml's use_cpu makes the Trainer
+    # train on the CPU over gloo.
+    config: dict[str, Any] = {"compute_environment": "LOCAL_MACHINE", "num_machines": distributed["nodes"],
+                              "machine_rank": 0, "num_processes": plan.world_size,
+                              "mixed_precision": mixed, "use_cpu": False}
     if strategy.startswith("deepspeed"):
         config["distributed_type"] = "DEEPSPEED"
         config["deepspeed_config"] = {
@@ -266,15 +272,15 @@ class TrlEngine(BaseEngine):
             LAUNCHER_FILE: render_template("trl/train_trl.py.j2", **context),
             TEMPLATE_FILE: CHATML_TEMPLATE,
         }
-        if plan.recipe.distributed["gpus"] > 1:
+        if is_multiprocess(plan):
             files[ACCELERATE_FILE] = render_template("trl/accelerate_config.yaml.j2", **context,
                                                      accelerate=_accelerate_config(plan))
         return files
 
     def command(self, plan: Plan, resume_from: str | None = None) -> list[str]:
         tail = [LAUNCHER_FILE, "--config", CONFIG_FILE, *(["--resume", resume_from] if resume_from else [])]
-        if plan.recipe.distributed["gpus"] > 1:
-            return ["accelerate", "launch", "--config_file", ACCELERATE_FILE, *tail]
+        if is_multiprocess(plan):
+            return ["accelerate", "launch", "--config_file", ACCELERATE_FILE, *accelerate_args(plan), *tail]
         return ["python", *tail]
 
     def environment(self, plan: Plan) -> dict[str, str]:

@@ -34,6 +34,7 @@ from qwenrecipes.engines.base import (
     engine_environment,
     header_context,
 )
+from qwenrecipes.engines.launchers import is_multiprocess, torchrun_args
 from qwenrecipes.engines.templating import render_template
 from qwenrecipes.recipe import concepts
 from qwenrecipes.recipe.memory import EngineProfile
@@ -168,7 +169,8 @@ NOTES: dict[str, str] = {
     "attn": "FastLanguageModel takes no attn_implementation; Unsloth picks its own attention kernels",
     "precision": "Unsloth's trainer patch runs fp32 recipes under bf16/fp16 autocast",
     "gradient_checkpointing": "Unsloth's checkpointing offloads activations to CPU (same maths, less memory)",
-    "distributed": "Unsloth runs multi-GPU only as DDP under torchrun; deepspeed/fsdp recipes render as DDP",
+    "distributed": "Unsloth runs multi-GPU only as DDP under torchrun on one node; `run` refuses deepspeed/fsdp "
+                   "and several nodes (their render is DDP, shown for comparison only)",
     "model": "without use_exact_model_name Unsloth remaps hub ids to its own unsloth/* repos",
 }
 
@@ -192,6 +194,21 @@ class UnslothEngine(BaseEngine):
 
         return static_check
 
+    def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        # unsloth.ai/docs/basics/multi-gpu-training-with-unsloth: multi-GPU is DDP on one node (its DDP guide:
+        # torchrun / accelerate launch of the training script); FSDP, DeepSpeed and several nodes have no
+        # supported path, and rendering them as DDP would train something other than the recipe says.
+        distributed = plan.recipe.distributed
+        out = []
+        if distributed["strategy"] not in ("none", "ddp"):
+            out.append(("distributed.strategy", f"Unsloth cannot run {distributed['strategy']}: its only supported "
+                        "multi-GPU path is DDP (strategy: ddp) on one node; use axolotl, llamafactory or trl for "
+                        "DeepSpeed / FSDP"))
+        if distributed["nodes"] > 1:
+            out.append(("distributed.nodes", "Unsloth has no multi-node launch (its multi-GPU support is DDP on "
+                        "one node): set nodes: 1, or use axolotl, llamafactory or trl"))
+        return out
+
     def bundle(self) -> BundleSpec:
         from qwenrecipes.engines.unsloth.bundle import BUNDLE
 
@@ -202,10 +219,9 @@ class UnslothEngine(BaseEngine):
         return {SCRIPT_FILE: text}
 
     def command(self, plan: Plan, resume_from: str | None = None) -> list[str]:
-        gpus = plan.recipe.distributed["gpus"]
         resume = ["--resume", resume_from] if resume_from else []
-        if gpus > 1:  # Unsloth's multi-GPU path is plain DDP under torchrun
-            return ["torchrun", "--standalone", f"--nproc_per_node={gpus}", SCRIPT_FILE, *resume]
+        if is_multiprocess(plan):  # Unsloth's multi-GPU path is plain DDP under torchrun
+            return ["torchrun", *torchrun_args(plan), SCRIPT_FILE, *resume]
         return ["python", SCRIPT_FILE, *resume]
 
     def environment(self, plan: Plan) -> dict[str, str]:

@@ -4,10 +4,12 @@ For a recipe, sample conversations (rows of its prepared data plus built-in hard
 qwenrecipes' own data path so the think rule applies) are written into a render folder of each engine, and
 that engine's own preprocessing runs inside its own env (``engines/<engine>/check_tokens.py``, named so that
 the script's folder on sys.path never shadows the engine package). Its input ids and labels are compared
-with one reference: the Qwen3 tokenizer (``tokenizers``) on ``chatml_text`` with the canonical loss mask:
+with one reference: the Qwen3 tokenizer (``tokenizers``) on each row's training text with the canonical loss
+mask, both from ``data/render_text.training_text``:
 
 - ``train_on: assistant``: a token is trained when it overlaps the assistant content or the ``<|im_end|>``
-  that closes it; the ``<|im_start|>assistant\\n`` header, system and user turns and the ``\\n`` after each
+  that closes it (less a context turn of a split ``qwen3_official`` row and the empty think block that template
+  inserts); the ``<|im_start|>assistant\\n`` header, system, user and tool turns and the ``\\n`` after each
   ``<|im_end|>`` are masked (-100). "Overlaps" is the rule transformers' ``{% generation %}`` masks use.
 - ``train_on: all``: every token is trained.
 
@@ -28,8 +30,9 @@ from importlib.resources import as_file
 from pathlib import Path
 from typing import Any, Literal
 
-from qwenrecipes.check.samples import DEFAULT_SAMPLES, IM_END, IM_START, Sample, Tokens, _tokenizer, build_samples
+from qwenrecipes.check.samples import DEFAULT_SAMPLES, Sample, Tokens, _tokenizer, build_samples
 from qwenrecipes.data import prepare as datamod
+from qwenrecipes.data.render_text import training_text
 from qwenrecipes.engines import ENGINES
 from qwenrecipes.engines.base import Residual
 from qwenrecipes.errors import EngineError, QwenRecipesError
@@ -48,26 +51,21 @@ Status = Literal["equal", "residual", "mismatch", "error", "skipped"]
 # -------------------------------------------------------------------------------------------- reference
 
 
-def trained_char_spans(messages: Sequence[Mapping[str, str]]) -> list[tuple[int, int]]:
-    """Character ranges of chatml_text(messages) that the canonical rule trains: content + <|im_end|> of
-    every assistant turn."""
-    spans, position = [], 0
-    for message in messages:
-        start = position + len(f"{IM_START}{message['role']}\n")
-        end = start + len(message["content"]) + len(IM_END)
-        if message["role"] == "assistant":
-            spans.append((start, end))
-        position = end + 1  # the "\n" after <|im_end|>
-    return spans
+def trained_char_spans(messages: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """Character ranges of chatml_text(messages) that the canonical rule trains (data/render_text.training_text:
+    content + <|im_end|> of every assistant turn, less context turns and the masked empty think block)."""
+    return training_text(messages, "assistant").trained_spans
 
 
-def reference_tokens(messages: Sequence[Mapping[str, str]], train_on: str) -> Tokens:
-    """The one reference: Qwen3 tokenizer on chatml_text, labels by the canonical rule (module doc)."""
-    encoding = _tokenizer().encode(datamod.chatml_text(messages), add_special_tokens=False)
+def reference_tokens(messages: Sequence[Mapping[str, Any]], train_on: str) -> Tokens:
+    """The one reference: Qwen3 tokenizer on the row's training text, a token trained when it overlaps a trained
+    span of data/render_text.training_text (module doc)."""
+    rendered = training_text(messages, train_on)
+    encoding = _tokenizer().encode(rendered.text, add_special_tokens=False)
     ids = list(encoding.ids)
     if train_on == "all":
         return Tokens(ids, list(ids))
-    spans = trained_char_spans(messages)
+    spans = rendered.trained_spans
 
     def trained(start: int, end: int) -> bool:
         return any(start < span_end and span_start < end for span_start, span_end in spans)

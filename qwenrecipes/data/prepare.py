@@ -1,10 +1,9 @@
 """Read training data and turn it into one canonical form that every engine receives.
 
 qwenrecipes owns the data path so the engines have nothing left to decide:
-- every format (messages / sharegpt / alpaca) becomes ChatML ``messages`` rows;
-- the think-block rule of the recipe's ``chat_template`` is applied here, once, in the text itself
-  (``qwen3``: each assistant turn is ``<think>\\n{reasoning}\\n</think>\\n\\n{content}``;
-  ``qwen3_nothink``: no think block), so every engine can use the same plain ChatML template;
+- every format (messages / sharegpt / alpaca, tools included) becomes a canonical conversation (data/turns.py);
+- the recipe's ``chat_template`` rule (think blocks, tools, the official template) is applied here, once, in the
+  text itself (data/render_text.py), so every engine can use the same plain ChatML template;
 - rows longer than ``max_seq_length`` are dropped here, so no engine truncates (they all truncate
   differently);
 - the held-out split and the row order are decided here, with the recipe's seed.
@@ -14,28 +13,28 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qwenrecipes.data import render_text
+from qwenrecipes.data.turns import check_order, messages_from_row
 from qwenrecipes.errors import Problem, RecipeError
 from qwenrecipes.recipe.load import DatasetRef
 
-THINK_RE = re.compile(r"<think>(.*?)</think>\s*", re.DOTALL)
-ROLE_ALIASES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant",
-                "system": "system", "bot": "assistant", "model": "assistant"}
 MAX_ROWS_IN_MESSAGES = 5  # how many bad rows one problem list names before summarizing
 DUPLICATE_KEYS = "\x00duplicate keys"  # marks a JSON object that repeated a key (json keeps the last silently)
 
 
 @dataclass(frozen=True)
 class Conversation:
-    """One canonical row: messages of {role, content[, reasoning_content]}, and where it came from."""
+    """One canonical row: messages of {role, content[, reasoning_content][, tool_calls]} (roles system, user,
+    assistant, tool), the row's tool definitions, and where it came from (data/turns.py reads them)."""
 
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     row: int = 0  # 1-based row number in its file (0: not read from a file)
+    tools: list[Any] = field(default_factory=list)
 
     @property
     def has_reasoning(self) -> bool:
@@ -157,107 +156,6 @@ def _scan(value: Any, parts: list[Any]) -> None:
             stack.extend((child, [*where, index]) for index, child in enumerate(item))
 
 
-def _optional_text(row: dict[str, Any], key: str, where: str) -> str:
-    """A field that may be absent, null or "", else must be one string (a list or a number would be
-    written into the prompt as its Python repr, or vanish when falsy)."""
-    value = row.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ValueError(f"{where} is {type(value).__name__} {_short(value)}, not a string: give one string "
-                         "or leave it out")
-    return value
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=True, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _check_think(content: str, reasoning: str, where: str) -> None:
-    """One reasoning block per assistant turn, first in the turn: anything else has no single meaning
-    (which block is the reasoning? is the text before it part of the answer?)."""
-    opens, closes = content.count("<think>"), content.count("</think>")
-    if opens > 1 or closes > 1:
-        raise ValueError(f"{where} holds {max(opens, closes)} <think> blocks: an assistant turn carries at most "
-                         "one reasoning block (split the turn, or merge the reasoning)")
-    if opens != closes:
-        raise ValueError(f"{where} has an unclosed <think> or a stray </think>")
-    if opens and not content.lstrip().startswith("<think>"):
-        raise ValueError(f"{where}: the <think> block must open the turn (text before it would be moved)")
-    inline = THINK_RE.findall(content)
-    if inline and inline[0].strip() and reasoning.strip():
-        raise ValueError(f"{where} has an inline <think> block and reasoning_content: give the reasoning once")
-
-
-def _messages_from_row(row: dict[str, Any], ref: DatasetRef) -> list[dict[str, str]]:
-    fields = ref.fields
-    if ref.format == "alpaca":
-        keys = {name: fields.get(name, name) for name in ("instruction", "input", "output", "system")}
-        instruction, output = row.get(keys["instruction"]), row.get(keys["output"])
-        for name in ("instruction", "output"):
-            if not isinstance(row.get(keys[name]), str):
-                found = type(row.get(keys[name])).__name__ if keys[name] in row else "missing"
-                raise ValueError(f"{keys[name]}: alpaca rows need string 'instruction' and 'output' ({found})")
-        extra = _optional_text(row, keys["input"], keys["input"])
-        system = _optional_text(row, keys["system"], keys["system"])
-        prompt = f"{instruction}\n\n{extra}" if extra else instruction
-        messages = [{"role": "system", "content": system}] if system else []
-        return [*messages, {"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-    default_key = "conversations" if ref.format == "sharegpt" else "messages"
-    list_key = fields.get("messages", default_key)
-    turns = row.get(list_key)
-    role_key = fields.get("role", "from" if ref.format == "sharegpt" else "role")
-    content_key = fields.get("content", "value" if ref.format == "sharegpt" else "content")
-    reasoning_key = fields.get("reasoning_content", "reasoning_content")
-    if not isinstance(turns, list) or not turns:
-        raise ValueError(f"missing or empty '{list_key}' list")
-    messages: list[dict[str, str]] = []
-    system_key = fields.get("system", "system")
-    system = _optional_text(row, system_key, system_key)
-    if system:
-        messages.append({"role": "system", "content": system})
-    known = {role_key, content_key, reasoning_key}
-    for index, turn in enumerate(turns):
-        where = f"{list_key}[{index}]"
-        if not isinstance(turn, dict):
-            raise ValueError("each turn is an object")
-        role = ROLE_ALIASES.get(str(turn.get(role_key)))
-        content = turn.get(content_key)
-        if role is None:
-            raise ValueError(f"unknown role {turn.get(role_key)!r}")
-        if not isinstance(content, str):
-            raise ValueError(f"turn content is not a string ({type(content).__name__})")
-        # Keys qwenrecipes does not read would be dropped without a word (tool_calls, weight, train, ...);
-        # empty ones (OpenAI exports carry "refusal": null) carry nothing.
-        ignored = [k for k, v in turn.items() if k not in known and v not in (None, "", [], {})]
-        if ignored:
-            raise ValueError(f"{where}.{ignored[0]}: key not used by qwenrecipes (its value would be dropped): "
-                             f"remove it, or map a field with data.*.fields")
-        message = {"role": role, "content": content}
-        reasoning = _optional_text(turn, reasoning_key, f"{where}.{reasoning_key}")
-        if reasoning and role != "assistant":
-            raise ValueError(f"{where}.{reasoning_key}: only assistant turns carry reasoning (this is '{role}')")
-        if role == "assistant":
-            _check_think(content, reasoning, f"{where}.{content_key}")
-        if reasoning:
-            message["reasoning_content"] = reasoning
-        messages.append(message)
-    return messages
-
-
-def _check_order(messages: list[dict[str, str]]) -> None:
-    body = messages[1:] if messages[0]["role"] == "system" else messages
-    if not body or body[-1]["role"] != "assistant":
-        raise ValueError("a conversation ends with an assistant turn")
-    if any(m["role"] == "system" for m in body):
-        raise ValueError("a system message is only allowed first")
-    for index, message in enumerate(body):
-        expected = "user" if index % 2 == 0 else "assistant"
-        if message["role"] != expected:
-            raise ValueError(f"turn {index + 1} is '{message['role']}', expected '{expected}' (roles alternate)")
-
-
 def canonical_conversations(ref: DatasetRef, file_label: str) -> list[Conversation]:
     """Read and convert a local dataset; every bad row is reported (up to a few, then a count)."""
     conversations: list[Conversation] = []
@@ -267,9 +165,9 @@ def canonical_conversations(ref: DatasetRef, file_label: str) -> list[Conversati
             if not isinstance(row, dict):
                 raise ValueError("row is not an object")
             _scan(row, [])
-            messages = _messages_from_row(row, ref)
-            _check_order(messages)
-            conversations.append(Conversation(messages, index))
+            messages, tools = messages_from_row(row, ref)
+            check_order(messages)
+            conversations.append(Conversation(messages, index, tools))
         except ValueError as exc:
             problems.append(Problem(str(ref.local_path), label, str(exc)))
     if problems:
@@ -282,25 +180,15 @@ def canonical_conversations(ref: DatasetRef, file_label: str) -> list[Conversati
     return conversations
 
 
-def apply_think_rule(conversation: Conversation, chat_template: str) -> list[dict[str, str]]:
-    """The one think-block rule qwenrecipes enforces, written into the text (see module doc)."""
-    out = []
-    for message in conversation.messages:
-        if message["role"] != "assistant":
-            out.append({"role": message["role"], "content": message["content"]})
-            continue
-        content = message["content"]
-        inline = THINK_RE.findall(content)
-        reasoning = message.get("reasoning_content") or (inline[0] if inline else "")
-        answer = THINK_RE.sub("", content).lstrip("\n")
-        text = f"<think>\n{reasoning.strip(chr(10))}\n</think>\n\n{answer}" if chat_template == "qwen3" else answer
-        out.append({"role": "assistant", "content": text})
-    return out
+def apply_think_rule(conversation: Conversation, chat_template: str) -> list[dict[str, Any]]:
+    """The conversation as one prepared row under `chat_template` (data/render_text.py). Under
+    ``qwen3_official`` this is the whole conversation's row; render_text.conversation_rows gives every row."""
+    return render_text.conversation_rows(conversation.messages, conversation.tools, chat_template)[-1]
 
 
-def chatml_text(messages: Iterable[dict[str, str]]) -> str:
+def chatml_text(messages: Iterable[dict[str, Any]]) -> str:
     """The plain ChatML rendering every engine is pinned to (no default system prompt)."""
-    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return render_text.chatml_text(list(messages))
 
 
 def token_lengths(texts: list[str]) -> list[int]:

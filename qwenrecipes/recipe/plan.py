@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenrecipes.data import prepare as datamod
-from qwenrecipes.data.rows import RowReport, dropped_warnings, prepare_local
+from qwenrecipes.data.rows import RowReport, SplitReport, dropped_warnings, prepare_local, split_warnings
 from qwenrecipes.errors import Problem, RecipeError
 from qwenrecipes.recipe import memory
 from qwenrecipes.recipe.hardware import EIGHT_BIT_OPTIMIZERS, detect_target, resolve_target
@@ -42,6 +42,8 @@ class Plan:
     gpu_memory_source: str = "none"  # "declared" | "detected" | "assumed" | "none" (CPU)
     engine: str | None = None  # set once resolve.resolve_for_engine made the training values concrete
     memory: dict[str, Any] | None = None  # that resolution's decisions and their reasons
+    split_rows: list[SplitReport] = field(default_factory=list)  # input rows trained as several rows (qwen3_official)
+    special_token_rows: list[RowReport] = field(default_factory=list)  # rows kept with literal special-token text
 
     @property
     def world_size(self) -> int:
@@ -101,6 +103,8 @@ class Plan:
             "train_rows": len(self.train_rows) if self.train_rows is not None else None,
             "eval_rows": len(self.eval_rows) if self.eval_rows is not None else None,
             "dropped_rows": [report.as_dict() for report in self.dropped_rows],
+            "split_rows": [report.as_dict() for report in self.split_rows],
+            "special_token_rows": [report.as_dict() for report in self.special_token_rows],
             "world_size": self.world_size,
             "effective_batch": self.effective_batch,
             "max_steps": self.max_steps,
@@ -217,12 +221,14 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
 
     train_rows = eval_rows = None
     dropped: list[RowReport] = []
+    splits: list[SplitReport] = []
+    special: list[RowReport] = []
     if recipe.train.local_path is not None:
         local_eval = recipe.eval if recipe.eval is not None and recipe.eval.local_path is not None else None
         try:
             prepared = prepare_local(recipe.train, local_eval, file=file, chat_template=recipe.model["chat_template"],
                                      max_tokens=data["max_seq_length"], val_fraction=data["val_fraction"],
-                                     seed=training["seed"])
+                                     seed=training["seed"], special_tokens=data["special_tokens_in_content"])
         except RecipeError as exc:
             raise RecipeError([*(Problem(file, p, m) for p, m in pairs), *exc.problems]) from None
         reasoning = sum(c.has_reasoning for c in prepared.conversations)
@@ -239,6 +245,8 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
                             "train their <|im_end|>); drop them for identical training on every engine")
         train_rows, eval_rows, dropped = prepared.train, prepared.eval, prepared.dropped
         warnings.extend(dropped_warnings(dropped, data["max_seq_length"]))
+        splits, special = prepared.split, prepared.special
+        warnings.extend(split_warnings(splits, special))
         if not train_rows:
             pairs.append(("data.max_seq_length", f"every training row is longer than {data['max_seq_length']} "
                                                  "tokens: nothing is left to train (raise max_seq_length)"))
@@ -282,7 +290,8 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
                 model_path=_resolve_model_path(recipe.model["name_or_path"], recipe.source.parent),
                 train_rows=train_rows,
                 eval_rows=eval_rows or None, dropped_rows=dropped, max_steps=max_steps, warmup_steps=warmup,
-                warnings=warnings, gpu_memory_gb=gpu_memory_gb, gpu_memory_source=gpu_memory_source)
+                warnings=warnings, gpu_memory_gb=gpu_memory_gb, gpu_memory_source=gpu_memory_source,
+                split_rows=splits, special_token_rows=special)
 
 
 def plan_recipe(path: str | Path, *, target: str | None = None) -> Plan:

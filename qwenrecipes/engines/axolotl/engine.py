@@ -261,6 +261,16 @@ class AxolotlEngine(BaseEngine):
             out.append(("distribution", dist))
         return out
 
+    def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        # axolotl/utils/config normalize_config: with WORLD_SIZE > 1 it sets device_map {"": LOCAL_RANK}
+        # unconditionally, and transformers reads an integer device as an accelerator index, so every CPU rank
+        # fails in from_pretrained ("Cannot access accelerator device when none is available").
+        if plan.target == "cpu" and is_multiprocess(plan):
+            return [("distributed.gpus", "Axolotl cannot train several processes on the CPU: with WORLD_SIZE > 1 "
+                     "it places each rank's model on accelerator LOCAL_RANK (device_map {'': LOCAL_RANK}); use "
+                     "gpus: 1 on the CPU, a CUDA target, or trl / llamafactory for multi-process CPU runs")]
+        return []
+
     def lora_kernels(self, plan: Plan) -> bool:
         return fused_lora_kernels(plan)
 

@@ -187,7 +187,7 @@ def test_cli_check_passes_when_every_engine_matches(monkeypatch: pytest.MonkeyPa
     _fake_engine(monkeypatch, "reference")
     result = CliRunner().invoke(check, [str(TINY), "--engines", "trl,axolotl", "--target", "cpu", "-n", "1"])
     assert result.exit_code == 0, result.output
-    assert "trl: 6 equal" in result.output and "every checked engine matches" in result.output
+    assert "trl: 12 equal" in result.output and "every checked engine matches" in result.output
 
 
 def test_cli_check_exits_1_with_diff_on_mismatch(monkeypatch: pytest.MonkeyPatch) -> None:

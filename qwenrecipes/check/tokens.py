@@ -295,6 +295,9 @@ class CheckReport:
             engines: dict[str, Any] = {}
             for report in self.engines:
                 result = by_engine[report.engine].get(sample.name)
+                if sample.dropped:
+                    engines[report.engine] = {"status": "dropped", "reason": sample.dropped}
+                    continue
                 if result is None:
                     engines[report.engine] = {"status": report.status, "reason": report.reason}
                     continue
@@ -313,7 +316,7 @@ class CheckReport:
         }
 
 
-def check_recipe(plan: Plan, engines: Sequence[str] | None = None, *, data_samples: int = DEFAULT_SAMPLES,
+def check_recipe(plan: Plan, engines: Sequence[str] | None = None, *, data_samples: int | None = DEFAULT_SAMPLES,
                  pythons: Mapping[str, Path] | None = None,
                  on_engine: Callable[[str], None] | None = None) -> CheckReport:
     """Check every engine (default: all four) against the reference. An engine named in `engines` whose env
@@ -329,6 +332,8 @@ def check_recipe(plan: Plan, engines: Sequence[str] | None = None, *, data_sampl
     train_on = plan.recipe.data["train_on"]
     samples = build_samples(plan, data_samples=data_samples)
     reference = [reference_tokens(s.messages, train_on) for s in samples]
+    # A sample qwenrecipes drops (over max_seq_length) is never handed to an engine: it stays in the report only.
+    handed = [(s, ref) for s, ref in zip(samples, reference, strict=True) if not s.dropped]
     reports: list[EngineReport] = []
     for engine in names:
         if on_engine is not None:
@@ -344,12 +349,12 @@ def check_recipe(plan: Plan, engines: Sequence[str] | None = None, *, data_sampl
                 reports.append(EngineReport(engine, status, f"not checkable here: {exc}"))
                 continue
         try:
-            tokens = run_engine(plan, engine, samples, python=python)
+            tokens = run_engine(plan, engine, [s for s, _ in handed], python=python)
         except EngineError as exc:
             reason, _, detail = str(exc).partition("\n")
             reports.append(EngineReport(engine, "error", reason, detail=detail))
             continue
         results = [compare_tokens(engine, s, ref, tok, train_on)
-                   for s, ref, tok in zip(samples, reference, tokens, strict=True)]
+                   for (s, ref), tok in zip(handed, tokens, strict=True)]
         reports.append(EngineReport(engine, "checked", results=results))
     return CheckReport(plan.recipe.name, plan.recipe.model["chat_template"], train_on, samples, reference, reports)

@@ -109,6 +109,7 @@ def tool_calls_text(calls: Sequence[Mapping[str, Any]], answer: str) -> str:
     for index, call in enumerate(calls):
         if index or answer:
             out += "\n"
+        call = call.get("function") or call  # an OpenAI {function: {name, arguments}} wrapper, as the template reads it
         arguments = call["arguments"]
         out += '<tool_call>\n{"name": "' + call["name"] + '", "arguments": '
         out += (arguments if isinstance(arguments, str) else tojson(arguments)) + "}\n</tool_call>"

@@ -211,7 +211,8 @@ def test_finalized_model_dir_passes_file_checks(tmp_path: Path) -> None:
         assert (merged / name).is_file()
     generation = json.loads((merged / "generation_config.json").read_text())
     assert generation["eos_token_id"] == [IM_END_ID, ENDOFTEXT_ID] and generation["pad_token_id"] == ENDOFTEXT_ID
-    assert (generation["temperature"], generation["top_p"], generation["top_k"]) == (0.7, 0.9, 50)
+    # Qwen3's published non-thinking settings: this model was trained with qwen3_nothink.
+    assert (generation["temperature"], generation["top_p"], generation["top_k"]) == (0.7, 0.8, 20)
     report = verify_export(merged, runtime=False)
     assert report.ok, _failed(report)
     assert any(c.name.endswith("chat template = training") for c in report.checks)
@@ -379,3 +380,17 @@ def test_greedy_thinking_is_warned() -> None:
     assert "greedy decoding in thinking mode" in warning and "--no-thinking" in warning
     assert generation_warnings(greedy=False, thinking=True) == []
     assert generation_warnings(greedy=True, thinking=False) == []
+
+
+@pytest.mark.parametrize("template,expected", [("qwen3", (0.6, 0.95, 20)), ("qwen3_nothink", (0.7, 0.8, 20))])
+def test_sampling_follows_the_think_rule(tmp_path: Path, template: str, expected: tuple[float, float, int]) -> None:
+    """generation_config.json and the Modelfile carry Qwen3's published sampling for the trained think rule."""
+    from qwenrecipes.export.templates import modelfile_text
+
+    generation = json.loads((_fake_merged(tmp_path / "m", template) / "generation_config.json").read_text())
+    assert (generation["do_sample"], generation["temperature"], generation["top_p"], generation["top_k"]) == (
+        True, *expected)
+    modelfile = modelfile_text("m.gguf", 4096, template)
+    assert [line.split()[-1] for line in modelfile.splitlines()
+            if line.startswith(("PARAMETER temperature", "PARAMETER top_p", "PARAMETER top_k"))] == [
+        str(v) for v in expected]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qwenrecipes.export.source import Source, SourceKind, compute_dtype, resolve_source, tokenizer_source, write_json
-from qwenrecipes.export.templates import TEMPERATURE, TOP_K, TOP_P, inference_chat_template
+from qwenrecipes.export.templates import inference_chat_template, sampling_for
 from qwenrecipes.export.tools_env import run_tool, tools
 
 
@@ -40,16 +40,17 @@ def generation_warnings(*, greedy: bool, thinking: bool) -> list[str]:
     repetition; it is allowed only when asked for, and then said out loud."""
     if greedy and thinking:
         return ["greedy decoding in thinking mode: Qwen3 tends to repeat itself endlessly; drop --greedy "
-                "(sampling at temperature 0.7 / top_p 0.9 / top_k 50) or use --no-thinking"]
+                "(Qwen3's thinking-mode sampling: temperature 0.6 / top_p 0.95 / top_k 20) or use --no-thinking"]
     return []
 
 
 def generate(path: str | os.PathLike[str], prompt: str, *, system: str | None = None, thinking: bool = True,
              seed: int = 0, max_new_tokens: int = 256, greedy: bool = False) -> Generation:
     """Sample one answer from the adapter (base + adapter, unmerged) or a model folder, through the chat
-    template matching training. Sampling is temperature 0.7 / top_p 0.9 / top_k 50, greedy only on request:
-    Qwen3 in thinking mode loops when decoded greedily."""
+    template matching training. Sampling is Qwen3's published setting for the mode (thinking 0.6 / 0.95 / 20,
+    non-thinking 0.7 / 0.8 / 20), greedy only on request: Qwen3 in thinking mode loops when decoded greedily."""
     source = resolve_source(path)
+    sampling = sampling_for(source.chat_template, thinking=thinking)
     tool = tools()
     with tempfile.TemporaryDirectory(prefix="qr-gen-") as tmp:
         template_file, messages_file = Path(tmp) / "template.jinja", Path(tmp) / "messages.json"
@@ -58,8 +59,8 @@ def generate(path: str | os.PathLike[str], prompt: str, *, system: str | None = 
         args = ["generate", *_model_args(source), "--tokenizer", str(tokenizer_source(source)),
                 "--template-file", str(template_file), "--messages-file", str(messages_file),
                 "--thinking" if thinking else "--no-thinking", "--seed", str(seed),
-                "--max-new-tokens", str(max_new_tokens), "--temperature", str(TEMPERATURE),
-                "--top-p", str(TOP_P), "--top-k", str(TOP_K)]
+                "--max-new-tokens", str(max_new_tokens), "--temperature", str(sampling["temperature"]),
+                "--top-p", str(sampling["top_p"]), "--top-k", str(sampling["top_k"])]
         if greedy:
             args.append("--greedy")
         data = run_tool(tool, args, what="generate")

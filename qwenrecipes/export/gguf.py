@@ -19,7 +19,7 @@ from qwenrecipes.export.converter import (
     ensure_converter,
 )
 from qwenrecipes.export.merge import default_merge_dir, merge, prepare_out
-from qwenrecipes.export.source import MANIFEST, Source, read_manifest, resolve_source, write_json
+from qwenrecipes.export.source import MANIFEST, Source, is_run_dir, read_manifest, resolve_source, write_json
 from qwenrecipes.export.templates import MODELFILE, modelfile_text
 from qwenrecipes.export.tools_env import has_llama_cpp, run_tool, tools
 
@@ -60,10 +60,13 @@ def export_gguf(path: str | os.PathLike[str], quant: str = "q4_k_m", out: str | 
     if missing:
         raise QwenRecipesError(f"{model_dir} lacks {', '.join(missing)}: the converter needs them; merge with "
                                "`qwenrecipes merge RUN` (it writes every tokenizer file)")
-    if source.run:
-        target = Path(out).expanduser() if out else source.run.run_dir / "gguf"
+    if out:
+        target = Path(out).expanduser()
+    elif source.run and (is_run_dir(Path(path).expanduser()) or source.kind == "adapter"):
+        target = source.run.run_dir / "gguf"  # a run (or its adapter): beside its merged/
     else:
-        target = Path(out).expanduser() if out else model_dir.parent / f"{model_dir.name}-gguf"
+        # A model folder (README: `export gguf merged/`): beside it, where `verify-export merged/` looks.
+        target = model_dir.parent / f"{model_dir.name}-gguf"
     prepare_out(target, force)
     tool = tools()
     if quant == "q4_k_m" and not has_llama_cpp(tool.python):
@@ -86,7 +89,8 @@ def export_gguf(path: str | os.PathLike[str], quant: str = "q4_k_m", out: str | 
                                         "--ftype", quant], what="GGUF quantization (llama_model_quantize)")
             first.unlink()
         num_ctx = max(model_source.max_seq_length or source.max_seq_length or 4096, 2048)
-        (tmp / MODELFILE).write_text(modelfile_text(gguf_name, num_ctx), encoding="utf-8")
+        (tmp / MODELFILE).write_text(modelfile_text(gguf_name, num_ctx, model_source.chat_template),
+                                     encoding="utf-8")
         write_json(tmp / MANIFEST, {
             "kind": "gguf",
             "name": name,

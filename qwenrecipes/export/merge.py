@@ -31,7 +31,7 @@ from qwenrecipes.export.source import (
     tokenizer_source,
     write_json,
 )
-from qwenrecipes.export.templates import ENDOFTEXT, IM_END, TEMPERATURE, TOP_K, TOP_P, inference_chat_template
+from qwenrecipes.export.templates import ENDOFTEXT, IM_END, inference_chat_template, sampling_for
 from qwenrecipes.export.tools_env import run_tool, tools
 
 
@@ -79,7 +79,7 @@ def finalize_model_dir(folder: Path, *, tokenizer_from: Path, template_name: str
     if generation_base is not None and (generation_base / "generation_config.json").is_file():
         generation.update(read_json(generation_base / "generation_config.json"))
     generation.update(eos_token_id=[IM_END_ID, ENDOFTEXT_ID], pad_token_id=ENDOFTEXT_ID, bos_token_id=ENDOFTEXT_ID,
-                      do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K)
+                      do_sample=True, **sampling_for(template_name))  # Qwen3's settings for its think rule
     write_json(folder / "generation_config.json", generation)
 
     config = read_json(folder / "config.json")

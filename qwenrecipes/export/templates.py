@@ -20,11 +20,21 @@ IM_END = "<|im_end|>"
 ENDOFTEXT = "<|endoftext|>"
 MODELFILE = "Modelfile"
 
-# Sampling for `generate`, written into generation_config.json, GGUF (the converter copies it) and the
-# Modelfile too, so every runtime samples the same way.
-TEMPERATURE = 0.7
-TOP_P = 0.9
-TOP_K = 50
+# Qwen3's published sampling settings (Qwen3 model cards, "Best Practices"), by mode: thinking mode wants
+# temperature 0.6 / top_p 0.95 / top_k 20 (never greedy), non-thinking mode 0.7 / 0.8 / 20. A model trained
+# with the `qwen3` think rule answers in thinking mode; `qwen3_nothink` trained it to answer without.
+# Used by `generate` and written into generation_config.json, the GGUF (the converter copies it) and the
+# Modelfile, so every runtime samples the same way.
+SAMPLING_THINKING: dict[str, float | int] = {"temperature": 0.6, "top_p": 0.95, "top_k": 20}
+SAMPLING_NON_THINKING: dict[str, float | int] = {"temperature": 0.7, "top_p": 0.8, "top_k": 20}
+
+
+def sampling_for(template_name: str | None, *, thinking: bool | None = None) -> dict[str, float | int]:
+    """Qwen3's sampling settings for a model trained with chat template `template_name` (its think rule);
+    `thinking` overrides the mode (generate --no-thinking on a thinking model)."""
+    if thinking is None:
+        thinking = template_name != "qwen3_nothink"
+    return dict(SAMPLING_THINKING if thinking else SAMPLING_NON_THINKING)
 
 
 def inference_chat_template(name: str) -> str:
@@ -77,9 +87,11 @@ OLLAMA_CHATML_TEMPLATE = """\
 {{ end }}{{ .Response }}{{ if .Response }}<|im_end|>{{ end }}"""
 
 
-def modelfile_text(gguf_name: str, num_ctx: int) -> str:
+def modelfile_text(gguf_name: str, num_ctx: int, template_name: str | None = None) -> str:
     """An Ollama Modelfile for a Qwen3 GGUF next to it. The same ChatML serves both template flavours:
-    a thinking model writes its own ``<think>`` block after ``<|im_start|>assistant``, as in training."""
+    a thinking model writes its own ``<think>`` block after ``<|im_start|>assistant``, as in training.
+    Sampling: Qwen3's settings for the think rule the model was trained with (`sampling_for`)."""
+    sampling = sampling_for(template_name)
     lines = [
         "# Written by qwenrecipes export gguf. Use: ollama create NAME -f Modelfile",
         f"FROM ./{gguf_name}",
@@ -87,8 +99,8 @@ def modelfile_text(gguf_name: str, num_ctx: int) -> str:
         f'PARAMETER stop "{IM_END}"',
         f'PARAMETER stop "{ENDOFTEXT}"',
         f"PARAMETER num_ctx {num_ctx}",
-        f"PARAMETER temperature {TEMPERATURE}",
-        f"PARAMETER top_p {TOP_P}",
-        f"PARAMETER top_k {TOP_K}",
+        f"PARAMETER temperature {sampling['temperature']}",
+        f"PARAMETER top_p {sampling['top_p']}",
+        f"PARAMETER top_k {sampling['top_k']}",
     ]
     return "\n".join(lines) + "\n"

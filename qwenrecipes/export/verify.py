@@ -250,6 +250,12 @@ def verify_export(path: str | os.PathLike[str], *, runtime: bool = True) -> Veri
         if not targets:
             raise QwenRecipesError(f"{folder} has no merged/ or gguf/ yet: run `qwenrecipes merge {folder}` or "
                                    f"`qwenrecipes export gguf {folder}` first")
+    else:
+        # `export gguf merged/` writes merged-gguf/ beside it: checked with the model it was made from.
+        beside = folder.parent / f"{folder.name}-gguf"
+        made_from = read_manifest(beside).get("merged") if beside.is_dir() else None
+        if made_from and Path(made_from) == folder.resolve():
+            targets.append(beside)
     model_dir: Path | None = None
     gguf: Path | None = None
     quant: str | None = None

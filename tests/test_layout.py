@@ -58,6 +58,11 @@ ALLOWED_MENTIONS: dict[tuple[str, str], str] = {
     ("bench/engine_specific.py", "vanilla TRL/PEFT"): "the report's baseline",
     ("bench/report.py", "vs TRL"): "the report's baseline column",
     ("resources.py", "``templates/axolotl``"): "docstring example of a resource path",
+    # Shared helpers of the engines layer say which engines use them.
+    ("engines/launchers.py", ""): "the launcher arguments several engines share (torchrun, accelerate)",
+    # `sharegpt` rows as LLaMA-Factory writes them: a data format named after its source, not an engine branch.
+    ("data/turns.py", "LLaMA-Factory"): "the sharegpt data format's origin",
+    ("recipe/schema/recipe.schema.json", "as LLaMA-Factory writes them"): "the sharegpt data format's origin",
     # The recipe schema's descriptions are user documentation (`qwenrecipes schema`, docs/recipe.md).
     ("recipe/schema/recipe.schema.json", "Liger"): "user documentation of liger_kernel",
     # The tools/eval envs reuse the trl env's lock (torch, transformers, peft, lm-eval): named as an env.
@@ -109,6 +114,7 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {
     # DatasetRef is a value type of the recipe model (where a data file is, its format): data reads it.
     ("qwenrecipes.data.prepare", "qwenrecipes.recipe.load"): "the recipe model's DatasetRef",
     ("qwenrecipes.data.rows", "qwenrecipes.recipe.load"): "the recipe model's DatasetRef",
+    ("qwenrecipes.data.turns", "qwenrecipes.recipe.load"): "the recipe model's DatasetRef",
 }
 
 

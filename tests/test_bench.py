@@ -119,8 +119,15 @@ def test_fake_engine_end_to_end(tmp_path: Path) -> None:
             assert name in row, name
     text = paths["report"].read_text()
     assert "fake-ok" in text and "Winners" in text
-    for name in ("throughput", "memory", "loss"):
+    for name in ("throughput", "loss"):
         assert paths[name].stat().st_size > 1000
+    # CPU: no GPU memory was measured, so no empty memory plot and no "least memory" winner at 0.0 GiB.
+    assert "memory" not in paths and not (tmp_path / "report" / "memory.png").exists()
+    assert "least memory" not in text and "GPU memory not measured (CPU run)" in text
+    gpu_rows = [{**r, "peak_vram_gb": 3.5 + i} for i, r in enumerate(rows)]
+    paths = write_report(tmp_path / "gpu-report", gpu_rows)
+    assert paths["memory"].stat().st_size > 1000
+    assert "(3.5 GiB)" in paths["report"].read_text().split("least memory")[1]
 
 
 def test_unknown_engine_is_refused(tmp_path: Path) -> None:
@@ -160,5 +167,6 @@ def test_bench_tiny_trl_cpu(tmp_path: Path) -> None:
     assert row["engine_version"] and row["tokens_per_s"] > 0 and row["step_time_p95"] >= row["step_time_p50"]
     assert row["loss_first"] is not None and row["loss_last"] is not None
     assert (out / "report.md").is_file()
-    for name in ("throughput.png", "memory.png", "loss.png"):
+    for name in ("throughput.png", "loss.png"):
         assert (out / name).stat().st_size > 1000
+    assert not (out / "memory.png").exists()  # a CPU run measures no GPU memory

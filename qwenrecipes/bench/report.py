@@ -135,11 +135,14 @@ def report_markdown(rows: list[dict[str, Any]], plots: list[str]) -> str:
             groups.setdefault((r.get("method"), r.get("seq_len")), []).append(r)
         for (method, seq), group in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), kv[0][1] or 0)):
             fastest = max(group, key=lambda r: r.get("tokens_per_s") or 0)
-            lowest = min(group, key=lambda r: r.get("peak_vram_gb") or float("inf"))
+            # On CPU there is no GPU memory to measure (0 or missing): no "least memory" winner at 0.0 GiB.
+            measured = [r for r in group if _gpu_memory(r)]
+            lowest = min(measured, key=_gpu_memory) if measured else None
+            memory = (f"least memory **{lowest['engine']}/{lowest['label']}** ({_fmt(_gpu_memory(lowest), 1)} GiB)"
+                      if lowest else "GPU memory not measured (CPU run)")
             steadiest = min(group, key=lambda r: r.get("step_time_p95") or float("inf"))
             lines.append(f"- {method}, seq {seq}: fastest **{fastest['engine']}/{fastest['label']}** "
-                         f"({_fmt(fastest.get('tokens_per_s'))} tok/s); least memory **{lowest['engine']}/"
-                         f"{lowest['label']}** ({_fmt(lowest.get('peak_vram_gb'), 1)} GiB); lowest p95 step "
+                         f"({_fmt(fastest.get('tokens_per_s'))} tok/s); {memory}; lowest p95 step "
                          f"**{steadiest['engine']}/{steadiest['label']}** "
                          f"({_fmt(steadiest.get('step_time_p95'), 3)} s)")
     else:
@@ -155,9 +158,16 @@ def report_markdown(rows: list[dict[str, Any]], plots: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gpu_memory(row: dict[str, Any]) -> float:
+    """Peak GPU memory of a row in GiB; 0.0 when none was measured (a CPU run reports 0 or nothing)."""
+    value = row.get("peak_vram_gb") or row.get("peak_vram_torch_allocated_gib") or row.get("peak_vram_nvml_gib")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else 0.0
+
+
 def write_plots(out_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
-    """throughput.png, memory.png, loss.png. matplotlib is imported here, with the Agg backend, so nothing else
-    in qwenrecipes pays for it and no display is needed."""
+    """throughput.png, memory.png (only when a row measured GPU memory: a CPU run has none, and an empty
+    plot says nothing), loss.png. matplotlib is imported here, with the Agg backend, so nothing else in
+    qwenrecipes pays for it and no display is needed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,21 +189,8 @@ def write_plots(out_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     plt.close(fig)
     written.append(str(path))
 
-    fig, ax = plt.subplots(figsize=(width, 4.2))
-    torch_mem = [r.get("peak_vram_torch_allocated_gib") or r.get("peak_vram_gb") or 0 for r in rows]
-    nvml_mem = [r.get("peak_vram_nvml_gib") or 0 for r in rows]
-    xs = list(range(len(rows)))
-    ax.bar([x - 0.2 for x in xs], torch_mem, width=0.4, label="torch max_allocated")
-    ax.bar([x + 0.2 for x in xs], nvml_mem, width=0.4, label="NVML whole GPU")
-    ax.set_xticks(xs, names, fontsize=7)
-    ax.set_ylabel("GiB")
-    ax.set_title("Peak GPU memory")
-    ax.legend()
-    fig.tight_layout()
-    path = out_dir / "memory.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(str(path))
+    if any(_gpu_memory(r) for r in rows):
+        written.append(_memory_plot(plt, out_dir, rows, names, width))
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in rows:
@@ -215,6 +212,24 @@ def write_plots(out_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     plt.close(fig)
     written.append(str(path))
     return written
+
+
+def _memory_plot(plt: Any, out_dir: Path, rows: list[dict[str, Any]], names: list[str], width: float) -> str:
+    fig, ax = plt.subplots(figsize=(width, 4.2))
+    torch_mem = [r.get("peak_vram_torch_allocated_gib") or r.get("peak_vram_gb") or 0 for r in rows]
+    nvml_mem = [r.get("peak_vram_nvml_gib") or 0 for r in rows]
+    xs = list(range(len(rows)))
+    ax.bar([x - 0.2 for x in xs], torch_mem, width=0.4, label="torch max_allocated")
+    ax.bar([x + 0.2 for x in xs], nvml_mem, width=0.4, label="NVML whole GPU")
+    ax.set_xticks(xs, names, fontsize=7)
+    ax.set_ylabel("GiB")
+    ax.set_title("Peak GPU memory")
+    ax.legend()
+    fig.tight_layout()
+    path = out_dir / "memory.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
 
 
 def write_report(out_dir: Path, rows: list[dict[str, Any]], *, plots: bool = True) -> dict[str, Path]:

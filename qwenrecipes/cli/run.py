@@ -110,6 +110,12 @@ def run_command(recipe: Path, engine: str, run_dir: Path | None, resume: bool, f
     check_machine(load_recipe(recipe), _target(target))
     spec = prepare_run(recipe, engine, run_dir=run_dir, resume=resume, force=force, target=_target(target),
                        stall_timeout=stall_timeout, traceback_timeout=traceback_timeout)
+    if spec.finished is not None:
+        execute(spec)  # runs nothing, releases the run dir's lock
+        click.echo(f"{spec.run_dir} has already finished ({spec.finished}): nothing to resume. "
+                   f"`qwenrecipes show {spec.run_dir}` shows it; --force instead of --resume trains it again.",
+                   err=True)
+        return
     if spec.resume_from:
         click.echo(f"resuming {spec.run_dir} from {spec.resume_from} (step {spec.start_step})", err=True)
     with _ProgressView(verbose) as view:
@@ -119,8 +125,9 @@ def run_command(recipe: Path, engine: str, run_dir: Path | None, resume: bool, f
     if result.status == "failed":
         sys.exit(EXIT_FAILED)
     if result.status == "interrupted":
-        click.echo(f"continue with: qwenrecipes run {recipe} --engine {engine} --run-dir {result.run_dir} --resume",
-                   err=True)
+        flag, why = result.next_step.split("  ", 1)
+        click.echo(f"{'continue' if result.resumable else 'start over'} with: qwenrecipes run {recipe} "
+                   f"--engine {engine} --run-dir {result.run_dir} {flag}  {why}", err=True)
         sys.exit(EXIT_INTERRUPTED)
 
 
@@ -164,12 +171,15 @@ def runs_command(root: Path) -> None:
         table.add_column(column, justify="right" if column not in ("run", "engine", "status") else "left")
     for run in found:
         s = run.summary or {}
-        started = datetime.datetime.fromtimestamp(float(run.marker.get("created") or 0)).strftime("%Y-%m-%d %H:%M")
+        started = datetime.datetime.fromtimestamp(run.created).strftime("%Y-%m-%d %H:%M") if run.created else "-"
         table.add_row(str(run.path), run.engine, run.status, f"{s.get('steps', '-')}/{s.get('total_steps') or '?'}",
                       _fmt(s.get("first_loss")), _fmt(s.get("final_loss")),
                       _fmt(s.get("total_wall_time_s") or s.get("wall_time_s"), ".0f"),
                       _fmt(s.get("tokens_per_s"), ".0f"), started)
     make_console().print(table)
+    for run in found:  # damaged run files: named, never a traceback
+        for problem in run.problems:
+            click.echo(f"warning: {problem}", err=True)
 
 
 @click.command("show")
@@ -180,12 +190,16 @@ def show_command(run_dir: Path, no_plot: bool) -> None:
     from qwenrecipes.run.runs import load_run, loss_curves, plot_loss
 
     run = load_run(run_dir)
+    problems = list(run.problems)
+    events = run.events(problems)
+    for problem in problems:  # damaged run files: named with their line, never a traceback
+        click.echo(f"warning: {problem}", err=True)
     if run.summary is None:
         click.echo(f"{run_dir}: no summary.json yet (still running, or killed with -9); events so far: "
-                   f"{len(run.events())}")
+                   f"{len(events)}")
     else:
         _print_summary(run.summary, run_dir, err=False)
-        _, evals = loss_curves(run.events())
+        _, evals = loss_curves(events)
         if evals:
             click.echo(f"  eval loss {_fmt(evals[0][1])} (step {evals[0][0]}) -> {_fmt(evals[-1][1])} "
                        f"(step {evals[-1][0]})")

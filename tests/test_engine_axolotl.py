@@ -118,7 +118,7 @@ def test_deepspeed_and_multi_gpu() -> None:
     assert ds["zero_optimization"]["stage"] == 2
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ENGINE.command(plan) == ["axolotl", "train", "axolotl.yaml", "--launcher", "torchrun", "--",
-                                    "--nproc_per_node=2"]
+                                    "--nproc_per_node=2", "--log_dir=ranks", "--tee=3", "--standalone"]
     effective = ENGINE.effective({**files, "COMMAND": " ".join(ENGINE.command(plan))})
     assert effective["distributed"] == "deepspeed_zero2+offload"
     assert effective["gpus"] == 2 and effective["effective_batch"] == plan.effective_batch

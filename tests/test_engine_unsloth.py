@@ -127,7 +127,8 @@ def test_lora_cuda_eval_and_all_tokens() -> None:
 
 def test_multi_gpu_is_torchrun() -> None:
     plan = cuda_plan(distributed={"gpus": 2, "strategy": "ddp"}, training={"gradient_accumulation_steps": 1})
-    assert ENGINE.command(plan) == ["torchrun", "--standalone", "--nproc_per_node=2", "train_unsloth.py"]
+    assert ENGINE.command(plan) == ["torchrun", "--nproc_per_node=2", "--log_dir=ranks", "--tee=3", "--standalone",
+                                    "train_unsloth.py"]
     eff = ENGINE.effective(render_resolved(ENGINE, plan))
     assert eff["gpus"] == 2 and eff["effective_batch"] == 8 and eff["distributed"] == "ddp (torchrun)"
 

@@ -82,7 +82,7 @@ def _context(plan: Plan) -> dict[str, Any]:
     return {
         "unsloth_version": UNSLOTH_VERSION,
         "chat_template": CHATML_TEMPLATE_PLAIN,
-        "gpus": recipe.distributed["gpus"],
+        "gpus": plan.world_size,  # WORLD_SIZE: every process on every node
         "model_path": plan.model_path,
         "max_seq_length": data["max_seq_length"],
         "model_dtype": plan.model_dtype,

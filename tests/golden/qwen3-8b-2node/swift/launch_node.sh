@@ -21,5 +21,4 @@ export GRADIO_ANALYTICS_ENABLED=False
 export WANDB_MODE=disabled
 export USE_HF=1
 export TOKENIZERS_PARALLELISM=false
-export NPROC_PER_NODE=8
-exec swift sft swift_sft.yaml
+exec torchrun --nproc_per_node=8 --log_dir=ranks --tee=3 --nnodes=2 --rdzv_backend=c10d --rdzv_endpoint="${MASTER_ADDR}":"${MASTER_PORT}" --rdzv_id=qwen3-8b-2node train_swift.py swift_sft.yaml

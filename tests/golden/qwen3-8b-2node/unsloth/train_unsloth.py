@@ -25,7 +25,7 @@ from unsloth.chat_templates import train_on_responses_only
 # Plain ChatML, no default system prompt: think blocks are already in the data text.
 CHAT_TEMPLATE = "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' }}{%- if message['role'] == 'assistant' %}{{- message['content'] + '<|im_end|>' }}{{- '\\n' }}{%- else %}{{- message['content'] + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 # Processes the effective batch was planned for (micro batch x accumulation x this).
-WORLD_SIZE = 8
+WORLD_SIZE = 16
 
 
 def main() -> None:

@@ -80,7 +80,7 @@ def main() -> None:
         num_train_epochs=3.0,
         learning_rate=0.001,
         lr_scheduler_type='cosine',
-        warmup_steps=1,
+        warmup_steps=2,
         optim='adamw_torch',
         weight_decay=0.0,
         max_grad_norm=1.0,

@@ -30,7 +30,7 @@ def tiny_recipe(folder: Path, steps: int) -> Path:
     """tiny-cpu with a held-out split, a few steps and no intermediate checkpoints."""
     document = copy.deepcopy(absolutize(load_recipe_document(TINY), TINY))
     document["data"]["val_fraction"] = 0.1
-    document["training"].update(max_steps=steps, save_steps=None)
+    document["training"].update(max_steps=steps, warmup_steps=1, save_steps=None)
     path = folder / "tiny-eval.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
     return path
@@ -107,3 +107,15 @@ def test_two_point_sweep_runs_scores_and_resumes(tmp_path: Path, capsys: pytest.
     assert code == 0, err
     assert "2 of 2 points already done" in err
     assert [e.stat().st_mtime_ns for e in events] == stamps
+
+
+def test_optuna_search_one_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _needs_trl()
+    pytest.importorskip("optuna")
+    out_dir = tmp_path / "search"
+    code, out, err = run_cli(["sweep", str(tiny_recipe(tmp_path, 2)), "-e", "trl", "--search", "optuna",
+                              "--trials", "1", "--param", "method.lora.r=4:8", "-o", str(out_dir)], capsys)
+    assert code == 0, err
+    (point,) = json.loads((out_dir / "sweep.json").read_text(encoding="utf-8"))["points"].values()
+    assert point["status"] == "done" and 4 <= point["overrides"]["method.lora.r"] <= 8
+    assert (out_dir / "optuna.db").is_file() and (out_dir / "best.yaml").is_file() and "best: r=" in out

@@ -97,6 +97,7 @@ def _optuna(spec: SweepSpec, state: SweepState, echo: Echo) -> None:
     except ImportError:
         raise QwenRecipesError("--search optuna needs Optuna: pip install 'qwenrecipes[sweep]'") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    state.folder.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{(state.folder / OPTUNA_DB).resolve()}"
     study = optuna.create_study(study_name="qwenrecipes-sweep", storage=storage, load_if_exists=True,
                                 direction="minimize", sampler=optuna.samplers.TPESampler(seed=0))

@@ -71,11 +71,14 @@ LOSS_MASK_SWIFT = "assistant turns: content + <|im_end|> + trailing \\n (swift's
 
 
 def _gpus(files: dict[str, str]) -> int:
+    """The world size is a launcher argument: torchrun's processes per node x nodes in the rendered COMMAND (or
+    NPROC_PER_NODE x NNODES for `swift sft` run by hand)."""
+    count = 1
     for word in shlex.split(files.get("COMMAND", ""), comments=True):
-        if word.startswith("NPROC_PER_NODE="):
-            value = word.split("=", 1)[1]
-            return int(value) if value.isdigit() else 1
-    return 1
+        for marker in ("--nproc_per_node=", "--nnodes=", "NPROC_PER_NODE=", "NNODES="):
+            if word.startswith(marker) and word[len(marker):].isdigit():
+                count *= int(word[len(marker):])
+    return count
 
 
 def _first(value: Any) -> Any:

@@ -1,6 +1,12 @@
-"""ms-swift 4.6.0 (transformers 5.19, peft 0.20, trl 0.29): ``swift_sft.yaml`` for ``swift sft swift_sft.yaml``,
-plus ``qwenrecipes_template.py`` (the ChatML template with qwenrecipes' loss mask, textpath.py) and, for ZeRO or FSDP
-strategies, ``deepspeed.json`` / ``fsdp.json``.
+"""ms-swift 4.6.0 (transformers 5.19, peft 0.20, trl 0.29): ``swift_sft.yaml`` (the arguments of ``swift sft``),
+``qwenrecipes_template.py`` (the ChatML template with qwenrecipes' loss mask, textpath.py), the fixed launcher
+``train_swift.py`` and, for ZeRO or FSDP strategies, ``deepspeed.json`` / ``fsdp.json``.
+
+Why a launcher instead of ``swift sft swift_sft.yaml`` (which runs the same file alone): swift keeps the final
+weights only in its last ``checkpoint-N``, and with ``save_strategy: no`` (the recipe's ``save_steps: null``, "only
+the final model") it saves nothing at all. The launcher is swift/cli/sft.py (YAML expansion + SwiftSft) plus
+``trainer.save_model(output_dir)`` after training, like every other engine's final model. Multi-GPU runs it under
+torchrun, as `swift sft` does when NPROC_PER_NODE is set.
 
 How swift reads the file: the YAML must be the first argument after ``sft`` (there is no --config flag);
 ``swift.cli.main.parse_yaml_args`` turns each key into ``--key value`` (a list into several values, a dict into
@@ -28,6 +34,7 @@ from qwenrecipes.engines.base import (
     header_context,
 )
 from qwenrecipes.engines.deepspeed import DEEPSPEED_FILE, deepspeed_config
+from qwenrecipes.engines.launchers import is_multiprocess, torchrun_args
 from qwenrecipes.engines.swift import textpath
 from qwenrecipes.engines.templating import render_template
 from qwenrecipes.recipe.memory import DEFAULT_PROFILE
@@ -35,6 +42,7 @@ from qwenrecipes.recipe.plan import Plan
 
 SWIFT_VERSION = "4.6.0"
 MAIN_FILE = "swift_sft.yaml"
+LAUNCHER_FILE = "train_swift.py"
 FSDP_FILE = "fsdp.json"
 MODEL_TYPE = "qwen3"  # a local folder matches qwen3, qwen3_emb and qwen3_reranker: swift refuses to guess
 # The log-dict key swift adds on a GPU: the running peak of torch max_memory_reserved (GiB), a second-best figure
@@ -44,6 +52,8 @@ MEMORY_KEY = "memory(GiB)"
 # Why swift's effective values differ where `explain` flags them.
 NOTES: dict[str, str] = {
     "model": "swift loads every model with trust_remote_code=True (no switch); Qwen3 has no remote code",
+    "save_steps": "swift keeps its final weights in the last checkpoint-N; train_swift.py also saves them into "
+                  "output_dir",
     "packing": "swift packs with its binpack strategy and padding_free position_ids (rows kept apart only with "
                "flash_attention_2/3)",
     "liger_kernel": "liger-kernel is not in the swift env's lock: use_liger_kernel is off unless the env adds it",
@@ -85,7 +95,7 @@ class SwiftEngine(BaseEngine):
     # (benchmarks/plans/call10.sh) before trusting it for near-full cards.
     memory_profile = DEFAULT_PROFILE
     log_keys = MappingProxyType({MEMORY_KEY: MEMORY_FALLBACK})
-    console_modules = MappingProxyType({"swift": "swift.cli.main"})
+    console_modules = MappingProxyType({"torchrun": "torch.distributed.run", "swift": "swift.cli.main"})
 
     # ------------------------------------------------------------------------------------- render
     def sections(self, plan: Plan) -> list[tuple[str, dict[str, Any]]]:
@@ -164,7 +174,7 @@ class SwiftEngine(BaseEngine):
             "dataloader_num_workers": 0,
             "deepspeed": DEEPSPEED_FILE if strategy.startswith("deepspeed") else None,
             "fsdp": FSDP_FILE if strategy == "fsdp" else None,
-            "ddp_find_unused_parameters": False if recipe.distributed["gpus"] > 1 else None,
+            "ddp_find_unused_parameters": False if is_multiprocess(plan) else None,
         }
         return [(title, _drop_none(section)) for title, section in (
             ("model", model), ("method", method), ("dataset", textpath.dataset_args(plan)),
@@ -175,6 +185,7 @@ class SwiftEngine(BaseEngine):
         files = {
             MAIN_FILE: render_template("swift/swift_sft.yaml.j2", sections=self.sections(plan), target=plan.target,
                                        warnings=plan.warnings, swift_version=SWIFT_VERSION, **context),
+            LAUNCHER_FILE: render_template("swift/train_swift.py.j2", **context),
             textpath.REGISTER_FILE: render_template(textpath.REGISTER_TEMPLATE, template_name=textpath.TEMPLATE_NAME,
                                                     **context),
         }
@@ -187,15 +198,15 @@ class SwiftEngine(BaseEngine):
 
     def command(self, plan: Plan, resume_from: str | None = None) -> list[str]:
         # Flags after the YAML override it (argparse keeps the last value).
-        return ["swift", "sft", MAIN_FILE, *(["--resume_from_checkpoint", resume_from] if resume_from else [])]
+        tail = [LAUNCHER_FILE, MAIN_FILE, *(["--resume_from_checkpoint", resume_from] if resume_from else [])]
+        if is_multiprocess(plan):  # every rank teed into ranks/; several nodes: c10d rendezvous (launchers.py)
+            return ["torchrun", *torchrun_args(plan), *tail]
+        return ["python", *tail]
 
     def environment(self, plan: Plan) -> dict[str, str]:
         own = {"USE_HF": "1", "TOKENIZERS_PARALLELISM": "false"}
         if plan.target == "cpu":
             own["CUDA_VISIBLE_DEVICES"] = ""  # swift would otherwise take any visible GPU (device_map auto)
-        gpus = plan.recipe.distributed["gpus"]
-        if gpus > 1:
-            own["NPROC_PER_NODE"] = str(gpus)  # `swift sft` launches torchrun itself when this is set
         if plan.recipe.output["report_to"] == "wandb":
             own["WANDB_MODE"] = "online"
         return engine_environment(plan, own)

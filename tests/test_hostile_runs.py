@@ -140,7 +140,7 @@ def test_interrupted_before_the_first_checkpoint_says_force(harness: Harness, si
     process = harness.start(*harness.run_args(run), fake="--steps 40 --sleep 0.2 --save-steps 30")
     wait_for(log_has(run, "'loss'"))
     process.send_signal(sig)
-    out, err = process.communicate(timeout=120)
+    _out, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err
     assert "--force" in err and "--resume" not in err.split("start over with:")[-1], err
     summary = json.loads((run / SUMMARY_FILE).read_text())
@@ -218,7 +218,7 @@ def test_two_runs_into_one_new_dir_only_one_trains(harness: Harness) -> None:
     run = harness.tmp / "run"
     first = harness.start(*harness.run_args(run), fake="--steps 40 --sleep 0.3")
     second = harness.start(*harness.run_args(run), fake="--steps 40 --sleep 0.3")
-    results = {p.pid: p.communicate(timeout=300) + (p.returncode,) for p in (first, second)}
+    results = {p.pid: (*p.communicate(timeout=300), p.returncode) for p in (first, second)}
     codes = sorted(code for _, _, code in results.values())
     assert codes == [0, 2], results
     winner = next(pid for pid, (_, _, code) in results.items() if code == 0)
@@ -269,7 +269,7 @@ def test_a_full_disk_mid_run_stops_the_engine_and_leaves_a_summary(harness: Harn
     run = harness.tmp / "run"
     process = harness.start(str(200_000), *harness.run_args(run), fake="--steps 200 --sleep 0.05 --spam 4000",
                             prefix=(FULL_DISK,))
-    out, err = process.communicate(timeout=300)
+    _out, err = process.communicate(timeout=300)
     assert process.returncode == 1 and "Traceback" not in err, err
     summary = json.loads((run / SUMMARY_FILE).read_text())
     reason = summary["error"]["reason"]  # whichever of the two growing files hit the limit first, named

@@ -18,7 +18,7 @@ _REPO_ROOT = _PACKAGE_DIR.parent
 
 
 def resource(relative: str) -> Traversable:
-    """A packaged file or folder: ``schema/recipe.schema.json``, ``templates/axolotl``, ``recipes``."""
+    """A packaged file or folder: ``schema/recipe.schema.json``, ``templates/<engine>``, ``recipes``."""
     if _PACKAGE_DIR.is_dir():
         # Installed as plain files (wheel or editable checkout): what importlib.resources would return, without
         # its imports (zipfile and friends), which every `render` would pay for at process start.

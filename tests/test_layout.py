@@ -57,7 +57,6 @@ ALLOWED_MENTIONS: dict[tuple[str, str], str] = {
     ("bench/engine_specific.py", 'BASELINE_ENGINE = "trl"'): "the report's baseline",
     ("bench/engine_specific.py", "vanilla TRL/PEFT"): "the report's baseline",
     ("bench/report.py", "vs TRL"): "the report's baseline column",
-    ("resources.py", "``templates/axolotl``"): "docstring example of a resource path",
     # Shared helpers of the engines layer say which engines use them.
     ("engines/launchers.py", ""): "the launcher arguments several engines share (torchrun, accelerate)",
     # `sharegpt` rows as LLaMA-Factory writes them: a data format named after its source, not an engine branch.

@@ -5,7 +5,7 @@ fields swift overrides). An edited file that drops a key still reports what swif
 from __future__ import annotations
 
 import json
-import shlex
+import re
 from typing import Any
 
 import yaml
@@ -71,13 +71,12 @@ LOSS_MASK_SWIFT = "assistant turns: content + <|im_end|> + trailing \\n (swift's
 
 
 def _gpus(files: dict[str, str]) -> int:
-    """The world size is a launcher argument: torchrun's processes per node x nodes in the rendered COMMAND (or
-    NPROC_PER_NODE x NNODES for `swift sft` run by hand)."""
-    count = 1
-    for word in shlex.split(files.get("COMMAND", ""), comments=True):
-        for marker in ("--nproc_per_node=", "--nnodes=", "NPROC_PER_NODE=", "NNODES="):
-            if word.startswith(marker) and word[len(marker):].isdigit():
-                count *= int(word[len(marker):])
+    """The world size is a launcher argument: torchrun's processes per node x nodes in the rendered COMMAND (for
+    several nodes it is the comment naming what each node runs), or NPROC_PER_NODE x NNODES for `swift sft`."""
+    command, count = files.get("COMMAND", ""), 1
+    for pair in (("--nproc_per_node=", "NPROC_PER_NODE="), ("--nnodes=", "NNODES=")):
+        match = re.search(rf"(?:{'|'.join(map(re.escape, pair))})(\d+)", command)
+        count *= int(match.group(1)) if match else 1
     return count
 
 

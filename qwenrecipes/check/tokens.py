@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from qwenrecipes.check.samples import DEFAULT_SAMPLES, Sample, Tokens, _tokenizer, build_samples
-from qwenrecipes.data import prepare as datamod
 from qwenrecipes.data.render_text import training_text
+from qwenrecipes.data.tokens import tokenize_row, tokenize_rows
 from qwenrecipes.engines import ENGINES
 from qwenrecipes.engines.base import Residual
 from qwenrecipes.errors import EngineError, QwenRecipesError
-from qwenrecipes.recipe.plan import EVAL_FILE, TRAIN_FILE, Plan
+from qwenrecipes.recipe.plan import EVAL_FILE, Plan
 
 IGNORE = -100
 CHECK_SCRIPT = "check_tokens.py"  # in each engine's folder; runs inside the engine env
@@ -58,28 +58,25 @@ def trained_char_spans(messages: Sequence[Mapping[str, Any]]) -> list[tuple[int,
 
 
 def reference_tokens(messages: Sequence[Mapping[str, Any]], train_on: str) -> Tokens:
-    """The one reference: Qwen3 tokenizer on the row's training text, a token trained when it overlaps a trained
-    span of data/render_text.training_text (module doc)."""
-    rendered = training_text(messages, train_on)
-    encoding = _tokenizer().encode(rendered.text, add_special_tokens=False)
-    ids = list(encoding.ids)
-    if train_on == "all":
-        return Tokens(ids, list(ids))
-    spans = rendered.trained_spans
+    """The one reference: data/tokens.tokenize_row, the same function that makes the token handoff every engine
+    trains (Qwen3 tokenizer on the row's training text, a token trained when it overlaps a trained span)."""
+    row = tokenize_row(messages, train_on)
+    return Tokens(row.input_ids, row.labels)
 
-    def trained(start: int, end: int) -> bool:
-        return any(start < span_end and span_start < end for span_start, span_end in spans)
 
-    labels = [token if trained(start, end) else IGNORE
-              for token, (start, end) in zip(ids, encoding.offsets, strict=True)]
-    return Tokens(ids, labels)
+def reference_batch(rows: Sequence[Sequence[Mapping[str, Any]]], train_on: str) -> list[Tokens]:
+    """reference_tokens of many rows at once (the tokenizer encodes a batch on every core)."""
+    return [Tokens(row.input_ids, row.labels) for row in tokenize_rows(rows, train_on)]
 
 
 # -------------------------------------------------------------------------------------------- residuals
 
 
-def residuals_for(engine: str, train_on: str) -> list[Residual]:
-    """The engine's known residuals (``Engine.residuals``) for the recipe's train_on."""
+def residuals_for(engine: str, train_on: str, handoff: str = "text") -> list[Residual]:
+    """The engine's known residuals (``Engine.residuals``) for the recipe's train_on. With the token handoff
+    there are none: the engine trains the ids and labels qwenrecipes made, and must equal them exactly."""
+    if handoff == "tokens":
+        return []
     return [r for r in ENGINES[engine].residuals() if r.train_on == train_on]
 
 
@@ -168,13 +165,14 @@ class SampleResult:
     diff: str = ""
 
 
-def compare_tokens(engine: str, sample: Sample, reference: Tokens, tokens: Tokens, train_on: str) -> SampleResult:
+def compare_tokens(engine: str, sample: Sample, reference: Tokens, tokens: Tokens, train_on: str,
+                   handoff: str = "text") -> SampleResult:
     if tokens.input_ids == reference.input_ids and tokens.labels == reference.labels:
         return SampleResult(sample.name, "equal", tokens)
     if tokens.input_ids == reference.input_ids:
         # The engine's residuals applied together, each named only where it changed something.
         expected, applied = list(reference.labels), []
-        for residual in residuals_for(engine, train_on):
+        for residual in residuals_for(engine, train_on, handoff):
             changed = residual.apply(sample.messages, reference, expected)
             if changed != expected:
                 applied.append(residual.name)
@@ -194,6 +192,7 @@ class EngineReport:
     reason: str = ""  # why skipped / what failed
     results: list[SampleResult] = field(default_factory=list)
     detail: str = ""  # the engine's traceback or output tail, on error
+    handoff: str = "text"  # how the rows reached the engine: "tokens" (made by qwenrecipes) or "text"
 
     @property
     def ok(self) -> bool:
@@ -237,17 +236,19 @@ def run_engine(plan: Plan, engine: str, samples: Sequence[Sample], *, python: Pa
     """Run `engine`'s own preprocessing, in its env, on the samples; their tokens in sample order.
     Raises EngineError when the env is missing or the engine fails."""
     from qwenrecipes.engines.base import HF_OFFLINE
-    from qwenrecipes.render.folder import render_plan, write_rendered
+    from qwenrecipes.render.folder import data_jobs, render_plan, write_rendered
+    from qwenrecipes.render.write import write_file
 
     check_plan = check_plan_for(plan)
     rendered = render_plan(check_plan, engine)
     with tempfile.TemporaryDirectory(prefix=f"qwenrecipes-check-{engine}-") as tmp:
         folder = Path(tmp)
         write_rendered(check_plan, rendered, folder)
-        # The engine reads the samples where the render put the training data, through its own data config.
-        datamod.write_jsonl(folder / TRAIN_FILE, [s.messages for s in samples])
-        if (folder / EVAL_FILE).exists():
-            datamod.write_jsonl(folder / EVAL_FILE, [samples[0].messages])
+        # The engine reads the samples where the render put the training data (as text and, with the token
+        # handoff, as the tokens qwenrecipes hands it), through its own data config.
+        eval_rows = [samples[0].messages] if (folder / EVAL_FILE).exists() else None
+        for relative, job in data_jobs(check_plan, engine, [s.messages for s in samples], eval_rows):
+            write_file(folder, relative, job)
         if python is None:
             from qwenrecipes.run.envs import env_for
 
@@ -308,10 +309,10 @@ class CheckReport:
                             "reference": reference.to_json(), "engines": engines})
         return {
             "recipe": self.recipe, "chat_template": self.chat_template, "train_on": self.train_on, "ok": self.ok,
-            "engines": {e.engine: {"status": e.status, "ok": e.ok, "reason": e.reason or None,
+            "engines": {e.engine: {"status": e.status, "ok": e.ok, "reason": e.reason or None, "handoff": e.handoff,
                                    "detail": e.detail or None} for e in self.engines},
             "residuals": {r.name: {"engine": r.engine, "train_on": r.train_on, "description": r.description}
-                          for e in self.engines for r in residuals_for(e.engine, self.train_on)},
+                          for e in self.engines for r in residuals_for(e.engine, self.train_on, e.handoff)},
             "samples": samples,
         }
 
@@ -331,7 +332,7 @@ def check_recipe(plan: Plan, engines: Sequence[str] | None = None, *, data_sampl
         raise QwenRecipesError("check needs local training data (a hub dataset is not read by qwenrecipes)")
     train_on = plan.recipe.data["train_on"]
     samples = build_samples(plan, data_samples=data_samples)
-    reference = [reference_tokens(s.messages, train_on) for s in samples]
+    reference = reference_batch([s.messages for s in samples], train_on)
     # A sample qwenrecipes drops (over max_seq_length) is never handed to an engine: it stays in the report only.
     handed = [(s, ref) for s, ref in zip(samples, reference, strict=True) if not s.dropped]
     reports: list[EngineReport] = []
@@ -354,7 +355,8 @@ def check_recipe(plan: Plan, engines: Sequence[str] | None = None, *, data_sampl
             reason, _, detail = str(exc).partition("\n")
             reports.append(EngineReport(engine, "error", reason, detail=detail))
             continue
-        results = [compare_tokens(engine, s, ref, tok, train_on)
+        handoff = ENGINES[engine].handoff(plan)
+        results = [compare_tokens(engine, s, ref, tok, train_on, handoff)
                    for (s, ref), tok in zip(handed, tokens, strict=True)]
-        reports.append(EngineReport(engine, "checked", results=results))
+        reports.append(EngineReport(engine, "checked", results=results, handoff=handoff))
     return CheckReport(plan.recipe.name, plan.recipe.model["chat_template"], train_on, samples, reference, reports)

@@ -151,6 +151,15 @@ class Engine(Protocol):
         exit 2; `render` warns). Multi-process commands use the shared options of engines/launchers.py."""
         ...
 
+    def handoff(self, plan: Plan) -> str:
+        """``tokens``: the render reads data/train.tokens.jsonl (input_ids + labels made by qwenrecipes) through
+        the engine's pre-tokenized data path; ``text``: the engine tokenizes and masks data/train.jsonl itself."""
+        ...
+
+    def token_row(self, input_ids: list[int], labels: list[int]) -> dict[str, Any]:
+        """One line of data/train.tokens.jsonl in the form the engine's pre-tokenized path reads."""
+        ...
+
 
 class BaseEngine:
     """Defaults for every member of ``Engine`` but render/command/environment/effective: subclass it and set
@@ -194,6 +203,13 @@ class BaseEngine:
 
     def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
         return []
+
+    def handoff(self, plan: Plan) -> str:
+        return "tokens" if plan.token_handoff else "text"
+
+    def token_row(self, input_ids: list[int], labels: list[int]) -> dict[str, Any]:
+        # The columns of a tokenized HF dataset: Axolotl requires all three to skip its tokenization.
+        return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
 
 # Telemetry off: the one list, used by every engine's environment() (so the rendered COMMAND file alone runs

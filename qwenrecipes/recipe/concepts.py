@@ -54,6 +54,9 @@ LOSS_MASK_ALL = "all tokens"
 THINK_INLINE = "in the data text (qwenrecipes applied the rule; engine adds none)"
 TRUNCATION_NONE = "dropped by qwenrecipes before the engine (engine never truncates)"
 CHAT_TEMPLATE_PINNED = "plain ChatML (pinned, no default system prompt)"
+# data.handoff: tokens: the engine reads input_ids + labels made by qwenrecipes (data/tokens.py), as is.
+CHAT_TEMPLATE_TOKENS = "none in the engine: qwenrecipes rendered the ChatML text and tokenized it (token handoff)"
+LOSS_MASK_TOKENS = "labels made by qwenrecipes, used as is (token handoff)"
 
 
 def quantization_value(bits: int, quant_type: str, double_quant: bool, compute_dtype: str) -> dict[str, object]:

@@ -18,6 +18,10 @@ from qwenrecipes.recipe.text import text_problems
 
 TRAIN_FILE = "data/train.jsonl"
 EVAL_FILE = "data/eval.jsonl"
+# Token handoff (data.handoff: tokens): the rows as input_ids + labels, in the format each engine reads
+# (Engine.token_row), in the same order as data/train.jsonl.
+TRAIN_TOKENS_FILE = "data/train.tokens.jsonl"
+EVAL_TOKENS_FILE = "data/eval.tokens.jsonl"
 PRECISION_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 __all__ = ["EIGHT_BIT_OPTIMIZERS", "Plan", "detect_target", "make_plan", "plan_recipe"]
 
@@ -69,6 +73,12 @@ class Plan:
         if self.max_steps is not None and not self.recipe.data["packing"]:
             copies = max(1, math.ceil(self.max_steps * self.effective_batch / len(self.train_rows)))
         return datamod.epoch_stream(self.train_rows, copies=copies, seed=t["seed"], shuffle=self.recipe.data["shuffle"])
+
+    @property
+    def token_handoff(self) -> bool:
+        """Engines get input_ids + labels made by qwenrecipes (data/tokens.py); only for data qwenrecipes read."""
+        local_eval = self.recipe.eval is None or self.eval_rows is not None
+        return self.recipe.data.get("handoff", "tokens") == "tokens" and self.train_rows is not None and local_eval
 
     @property
     def train_file(self) -> str:

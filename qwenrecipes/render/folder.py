@@ -7,13 +7,13 @@ import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from qwenrecipes.engines import ENGINES
 from qwenrecipes.engines.base import Engine
 from qwenrecipes.engines.templating import dump_yaml
 from qwenrecipes.errors import QwenRecipesError
-from qwenrecipes.recipe.plan import EVAL_FILE, TRAIN_FILE, Plan
+from qwenrecipes.recipe.plan import EVAL_FILE, EVAL_TOKENS_FILE, TRAIN_FILE, TRAIN_TOKENS_FILE, Plan
 from qwenrecipes.render.multinode import LAUNCH_FILE, SBATCH_FILE, multinode_files
 from qwenrecipes.render.resolve import resolve_for_engine
 from qwenrecipes.render.write import publish, write_file
@@ -84,6 +84,36 @@ def _jsonl(rows: list[list[dict[str, str]]]) -> Callable[[TextIO], None]:
     return write
 
 
+def _token_jsonl(plan: Plan, engine: Engine, rows: list[list[dict[str, Any]]]) -> Callable[[TextIO], None]:
+    def write(handle: TextIO) -> None:
+        from qwenrecipes.data.tokens import tokenize_rows, tokenizer_for
+
+        # The train stream repeats the same row objects once per pass: each is tokenized once.
+        unique = list({id(row): row for row in rows}.values())
+        tokens = tokenize_rows(unique, plan.recipe.data["train_on"], tokenizer_for(plan.model_path))
+        lines = {id(row): json.dumps(engine.token_row(t.input_ids, t.labels), separators=(",", ":")) + "\n"
+                 for row, t in zip(unique, tokens, strict=True)}
+        for row in rows:
+            handle.write(lines[id(row)])
+
+    return write
+
+
+def data_jobs(plan: Plan, engine_name: str, train_rows: list[list[dict[str, Any]]] | None,
+              eval_rows: list[list[dict[str, Any]]] | None) -> list[tuple[str, Callable[[TextIO], None]]]:
+    """The data files of a render folder: the prepared rows as ChatML messages (data/train.jsonl, in the order
+    they are trained) and, with the token handoff, the same rows as the engine's input_ids + labels."""
+    jobs: list[tuple[str, Callable[[TextIO], None]]] = []
+    tokens = get_engine(engine_name).handoff(plan) == "tokens"
+    for relative, token_file, rows in ((TRAIN_FILE, TRAIN_TOKENS_FILE, train_rows),
+                                       (EVAL_FILE, EVAL_TOKENS_FILE, eval_rows)):
+        if rows:
+            jobs.append((relative, _jsonl(rows)))
+            if tokens:
+                jobs.append((token_file, _token_jsonl(plan, get_engine(engine_name), rows)))
+    return jobs
+
+
 def write_rendered(plan: Plan, rendered: Rendered, out_dir: Path, *, shown_as: Path | None = None) -> list[Path]:
     """Write the engine files and the prepared data into out_dir (created if needed), each file atomically and
     never through a symlink (render/write.py); errors name shown_as/<file> (the folder the user asked for)."""
@@ -91,11 +121,7 @@ def write_rendered(plan: Plan, rendered: Rendered, out_dir: Path, *, shown_as: P
         raise QwenRecipesError(f"{shown_as or out_dir} is a symlink: give the real folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(relative, _text(text)) for relative, text in rendered.files.items()]
-    stream = plan.train_stream
-    if stream is not None:
-        jobs.append((TRAIN_FILE, _jsonl(stream)))
-    if plan.eval_rows:
-        jobs.append((EVAL_FILE, _jsonl(plan.eval_rows)))
+    jobs.extend(data_jobs(plan, rendered.engine, plan.train_stream, plan.eval_rows))
     scripts = (COMMAND_FILE, LAUNCH_FILE, SBATCH_FILE)
     return [write_file(out_dir, relative, job, shown_root=shown_as, executable=relative in scripts)
             for relative, job in jobs]

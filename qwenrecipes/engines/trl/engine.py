@@ -27,7 +27,7 @@ from qwenrecipes.engines.launchers import accelerate_args, is_multiprocess
 from qwenrecipes.engines.templating import render_template
 from qwenrecipes.recipe import concepts
 from qwenrecipes.recipe.memory import EngineProfile
-from qwenrecipes.recipe.plan import Plan
+from qwenrecipes.recipe.plan import EVAL_TOKENS_FILE, TRAIN_TOKENS_FILE, Plan
 
 TRL_VERSION = "1.9.0"
 CONFIG_FILE = "trl_config.yaml"
@@ -102,7 +102,7 @@ def _loss_type(plan: Plan) -> str:
     return "nll" if recipe.training["liger_kernel"] or trains_head else "chunked_nll"
 
 
-def _sections(plan: Plan) -> dict[str, dict[str, Any]]:
+def _sections(plan: Plan, tokens: bool) -> dict[str, dict[str, Any]]:
     recipe = plan.recipe
     lora, quant, training, data = recipe.lora, recipe.quantization, recipe.training, recipe.data
     model = {
@@ -132,9 +132,11 @@ def _sections(plan: Plan) -> dict[str, dict[str, Any]]:
         "bnb_4bit_quant_type": quant["quant_type"],
         "use_bnb_nested_quant": quant["double_quant"] if qlora else False,  # TRL default False, others True
     })
-    data_files: dict[str, str] = {"train": plan.train_file}
+    # Token handoff: rows with input_ids (+ labels) are "processed" for SFTTrainer._prepare_dataset: no
+    # template, no tokenization, and an existing labels column is kept as is (trl/trainer/sft_trainer.py).
+    data_files: dict[str, str] = {"train": TRAIN_TOKENS_FILE if tokens else plan.train_file}
     if plan.eval_file is not None:
-        data_files["test"] = plan.eval_file
+        data_files["test"] = EVAL_TOKENS_FILE if tokens else plan.eval_file
     if plan.train_rows is not None:
         source: dict[str, Any] = {"path": "json", "data_files": data_files, "split": "train"}
     else:  # a hub dataset, loaded by name (qwenrecipes could not prepare it)
@@ -155,7 +157,7 @@ def _sections(plan: Plan) -> dict[str, dict[str, Any]]:
     }
     template = {
         "chat_template_path": TEMPLATE_FILE,
-        "assistant_only_loss": data["train_on"] == "assistant",
+        "assistant_only_loss": data["train_on"] == "assistant" and not tokens,
         "completion_only_loss": False,
         "eos_token": EOS_TOKEN,
         "pad_token": PAD_TOKEN,
@@ -268,7 +270,7 @@ class TrlEngine(BaseEngine):
         context = header_context(plan, self.name)
         files = {
             CONFIG_FILE: render_template("trl/trl_config.yaml.j2", trl_version=TRL_VERSION, **context,
-                                         **_sections(plan)),
+                                         **_sections(plan, self.handoff(plan) == "tokens")),
             LAUNCHER_FILE: render_template("trl/train_trl.py.j2", **context),
             TEMPLATE_FILE: CHATML_TEMPLATE,
         }
@@ -314,22 +316,23 @@ class TrlEngine(BaseEngine):
             chat_template = CHAT_TEMPLATE_CHATML
         else:
             chat_template = f"custom: {c['chat_template_path']}"
-        # TRL swaps in its own qwen3_training.jinja (think block on every turn) only when the template has no
-        # {% generation %} markers; ours has them, so the think rule stays the one qwenrecipes wrote.
+        # TRL swaps in its own qwen3_training.jinja only without {% generation %} markers (ours has them).
         think = (concepts.THINK_INLINE if plain_chatml
                  else "engine template decides (TRL may swap in qwen3_training.jinja)")
-        if c["assistant_only_loss"]:
-            loss_mask = (concepts.LOSS_MASK_ASSISTANT if plain_chatml
-                         else "assistant spans of the template's generation markers")
-        else:
-            loss_mask = concepts.LOSS_MASK_ALL
-
         datasets = c.get("datasets") or []
         files_spec = datasets[0].get("data_files") if datasets else None
         train_file = files_spec.get("train") if isinstance(files_spec, dict) else files_spec
         if files_spec is None and datasets:
             train_file = datasets[0].get("path")  # a hub dataset, by name
         eval_file = files_spec.get("test") if isinstance(files_spec, dict) else None
+        if str(train_file or "").endswith(".tokens.jsonl"):  # pre-tokenized rows, their labels used as is
+            chat_template, think, loss_mask = concepts.CHAT_TEMPLATE_TOKENS, think, concepts.LOSS_MASK_TOKENS
+        elif c["assistant_only_loss"]:
+            loss_mask = (concepts.LOSS_MASK_ASSISTANT if plain_chatml
+                         else "assistant spans of the template's generation markers")
+        else:
+            loss_mask = concepts.LOSS_MASK_ALL
+
         if c["packing"]:
             strategy = c["packing_strategy"]
             packing: bool | str = (f"{strategy}: rows packed up to max_length, padding-free with per-row position_ids "

@@ -157,11 +157,13 @@ def split_warnings(splits: list[SplitReport], special: list[RowReport]) -> list[
     lines: list[str] = []
     if splits:
         made = sum(s.rows for s in splits)
+        shown = ", ".join(f"{s.file}: row {s.row}" if k == 0 or s.file != splits[k - 1].file else f"row {s.row}"
+                          for k, s in enumerate(splits[:MAX_REPORTED_IN_WARNINGS]))
+        more = f" and {len(splits) - MAX_REPORTED_IN_WARNINGS} more" if len(splits) > MAX_REPORTED_IN_WARNINGS else ""
         lines.append(f"{len(splits)} conversations carry reasoning in earlier assistant turns, which the official "
                      f"Qwen3 template drops: they were split into {made} rows (each ends with one such turn, keeps its "
                      "reasoning and trains only it; the whole conversation trains the other turns), so every "
-                     "assistant turn is trained exactly once; plan.json lists them as split_rows")
-        lines += _capped([f"split {s}" for s in splits], "split rows")
+                     f"assistant turn is trained exactly once ({shown}{more}); plan.json lists them as split_rows")
     if special:
         lines.append(f"{len(special)} rows hold literal special-token text, kept as the tokenizer reads it "
                      "(data.special_tokens_in_content: keep); plan.json lists them as special_token_rows")

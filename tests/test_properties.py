@@ -14,12 +14,14 @@ Budget: derandomized, 500 examples per engine, no deadline (a 2-core CI machine 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import math
 import re
 import shlex
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -36,6 +38,7 @@ from qwenrecipes.errors import RecipeError
 from qwenrecipes.recipe.load import build_recipe, recipe_schema
 from qwenrecipes.recipe.plan import TRAIN_FILE, make_plan
 from qwenrecipes.render.folder import COMMAND_FILE, RESOLVED_RECIPE, render_plan, write_rendered
+from tests.conftest import run_cli
 
 ENGINE_NAMES = list(ENGINES)
 EXAMPLES_PER_ENGINE = 500
@@ -59,6 +62,20 @@ fragment = st.one_of(st.sampled_from(SNIPPETS), st.text(max_size=6))
 hostile_text = st.lists(fragment, min_size=1, max_size=6).map("".join)
 # NUL has its own property (it must be refused); everything else must render.
 hostile = hostile_text.map(lambda s: s.replace("\x00", "")).filter(bool)
+
+
+def carriable(text: str) -> str:
+    """`text` without what a string written into engine files may not hold (recipe/text.py): control characters
+    (NEL aside) and `${`. Those are refused at their field (test_uncarriable_text_is_refused_at_its_field)."""
+    text = "".join(c for c in text if not (unicodedata.category(c) == "Cc" and c != "\x85"))
+    while "${" in text:
+        text = text.replace("${", "$")
+    return text
+
+
+# Model paths, output dirs and hub ids/splits: everything that engine files can carry still renders as data.
+hostile_carried = hostile.map(carriable).filter(bool)
+UNCARRIABLE = ["\n", "\r\n", "\r", "\t", "\x0b", "\x0c", "\x1b[31m", "\x7f", "\x01", "\x9b", "${HOME}", "${"]
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 OFFLINE_FLAGS = {"HF_HUB_OFFLINE=1", "HF_DATASETS_OFFLINE=1", "TRANSFORMERS_OFFLINE=1"}
 # libyaml when present: the same safe resolver and constructors as yaml.safe_load (what the engines call),
@@ -96,14 +113,15 @@ def _output_dir(text: str) -> str:
 @st.composite
 def cases(draw: st.DrawFn, workdir: Path) -> Case:
     # "~user..." model paths are left to test_hardening.py::test_model_path_of_an_unknown_user (plan.py bug).
-    model = draw(hostile.filter(lambda s: not s.startswith(("builtin:", "~"))))
-    output_dir = _output_dir(draw(hostile))
+    model = draw(hostile_carried.filter(lambda s: not s.startswith(("builtin:", "~"))))
+    output_dir = _output_dir(draw(hostile_carried))
     system, user, answer = draw(hostile), draw(hostile), draw(hostile)
     if draw(st.booleans()):
         # A hub dataset id: rendered verbatim. "hub" in front: no leading ./~, which would mean a local file.
-        path = "hub" + draw(hostile.filter(lambda s: PurePosixPath("hub" + s).suffix not in LOCAL_SUFFIXES
-                                           and all(len(p.encode()) < 200 for p in ("hub" + s).split("/"))))
-        return Case(model, output_dir, True, path, draw(hostile), {}, system, user, answer)
+        path = "hub" + draw(hostile_carried.filter(
+            lambda s: PurePosixPath("hub" + s).suffix not in LOCAL_SUFFIXES
+            and all(len(p.encode()) < 200 for p in ("hub" + s).split("/"))))
+        return Case(model, output_dir, True, path, draw(hostile_carried), {}, system, user, answer)
     # A local file with a hostile name, keyed by hostile field names, holding hostile text.
     name = "d" + draw(hostile).replace("/", "_")[:60] + ".jsonl"
     keys = draw(st.lists(hostile.map(lambda s: s[:40]), min_size=4, max_size=4, unique=True))
@@ -273,6 +291,16 @@ def expected_at_keys(engine: str, files: dict[str, str], parsed: dict[str, Any])
         yield "output_dir", literal(save[0].args[0])
 
 
+def expected_model(case: Case, workdir: Path) -> str:
+    """The recipe's model as the engines must get it: a local path ("./x", "../x", ".", "..", or a folder next
+    to the recipe) made absolute against the recipe's folder, since engines run in the run dir; else verbatim."""
+    model = case.model
+    local = model in (".", "..") or model.startswith(("./", "../"))
+    with contextlib.suppress(OSError, ValueError):
+        local = local or (workdir / model).is_dir()
+    return str((workdir / model).resolve()) if local else model
+
+
 def check_case(case: Case, engine: str, workdir: Path) -> None:
     files = rendered_files(case, engine, workdir)
     benign_text, benign_parsed = benign(engine, case.hub, workdir)
@@ -293,14 +321,14 @@ def check_case(case: Case, engine: str, workdir: Path) -> None:
         elif name != TRAIN_FILE:
             assert shape(parsed[name]) == shape(benign_parsed[name]), name
 
-    expected = {"model": case.model, "output_dir": case.output_dir,
+    expected = {"model": expected_model(case, workdir), "output_dir": case.output_dir,
                 "train_file": case.data_path if case.hub else TRAIN_FILE, "split": case.split}
     for label, value in expected_at_keys(engine, files, parsed):
         assert value == expected[label], (label, value)
 
     if engine == "unsloth":
         constants = string_constants(files["train_unsloth.py"])
-        assert case.model in constants and case.output_dir in constants
+        assert expected["model"] in constants and case.output_dir in constants
 
     resolved = parsed[RESOLVED_RECIPE]["recipe"]
     assert resolved["model"]["name_or_path"] == case.model
@@ -308,7 +336,7 @@ def check_case(case: Case, engine: str, workdir: Path) -> None:
     assert resolved["data"]["train"]["path"] == case.data_path
     assert resolved["data"]["train"]["split"] == case.split
     assert resolved["data"]["train"]["fields"] == case.fields
-    assert parsed["plan.json"]["model_path"] == case.model
+    assert parsed["plan.json"]["model_path"] == expected["model"]
 
     if not case.hub:  # data content: the prepared rows hold the hostile text, unchanged
         rows = parsed[TRAIN_FILE]
@@ -393,6 +421,45 @@ def test_output_dir_is_refused_or_stays_inside(text: str, workdir: Path) -> None
         assert all(p.startswith("output.dir: ") for p in problems), problems
     else:
         assert inside is not None and run_dir in (inside, *inside.parents), text
+
+
+RENDERED_FIELDS: list[tuple[str, ...]] = [("model", "name_or_path"), ("output", "dir"), ("data", "train", "path"),
+                                          ("data", "train", "split")]
+
+
+@CHEAP_SETTINGS
+@given(field=st.sampled_from(RENDERED_FIELDS), before=hostile_carried, bad=st.sampled_from(UNCARRIABLE),
+       after=hostile_carried)
+def test_uncarriable_text_is_refused_at_its_field(field: tuple[str, ...], before: str, bad: str, after: str,
+                                                 workdir: Path) -> None:
+    """A string written into engine files with a control character or `${` in it is refused at its field (the
+    CLI's exit 2), never escaped differently per engine nor written. Hub path and split: a hub dataset."""
+    document = document_for(Case("org/model", "outputs", True, "org/data", "train", {}, "s", "u", "a"))
+    value = f"{before}{bad}{after}"
+    if field == ("output", "dir"):
+        value = _output_dir(value)
+    elif field == ("data", "train", "path"):
+        value = "hub" + value.replace("/", "_")
+    with pytest.raises(RecipeError) as caught:
+        make_plan(build_recipe(_set(document, field, value), workdir / "recipe.yaml"), target="cuda")
+    assert any(p.path == ".".join(field) for p in caught.value.problems), caught.value.problems
+
+
+@pytest.mark.parametrize("field,value", [("output.dir", "out\n--deepspeed=x"), ("model.name_or_path", "org/m${X}"),
+                                         ("model.name_or_path", "org/m\x1b[31m")])
+def test_uncarriable_text_exits_2_from_the_cli(field: str, value: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(BENIGN_ROW) + "\n", encoding="utf-8")
+    section, key = field.split(".")
+    document = {"name": "r", "model": {"name_or_path": "org/m"}, "data": {"train": {"path": str(data)}},
+                "training": {"precision": "fp32", "optimizer": "adamw_torch"}}
+    document.setdefault(section, {})[key] = value
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps(document), encoding="utf-8")  # JSON is YAML: the escapes stay exact
+    code, out, err = run_cli(["render", str(recipe), "-e", "trl", "-o", str(tmp_path / "out")], capsys)
+    assert code == 2 and field in err and "Traceback" not in err + out
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------------- refusals (numbers)

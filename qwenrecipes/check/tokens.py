@@ -73,11 +73,10 @@ def reference_batch(rows: Sequence[Sequence[Mapping[str, Any]]], train_on: str) 
 
 
 def residuals_for(engine: str, train_on: str, handoff: str = "text") -> list[Residual]:
-    """The engine's known residuals (``Engine.residuals``) for the recipe's train_on. With the token handoff
-    there are none: the engine trains the ids and labels qwenrecipes made, and must equal them exactly."""
-    if handoff == "tokens":
-        return []
-    return [r for r in ENGINES[engine].residuals() if r.train_on == train_on]
+    """The engine's known residuals (``Engine.residuals``) for the recipe's train_on and handoff. With the token
+    handoff the engine trains the ids and labels qwenrecipes made: only a residual that says it survives even that
+    (``Residual.handoffs``) applies."""
+    return [r for r in ENGINES[engine].residuals() if r.train_on == train_on and handoff in r.handoffs]
 
 
 def check_engines() -> list[str]:

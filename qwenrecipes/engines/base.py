@@ -76,6 +76,7 @@ class Residual:
     description: str
     train_on: str  # the recipe's data.train_on it applies to
     apply: Callable[[Sequence[Mapping[str, str]], Any, list[int]], list[int]]
+    handoffs: tuple[str, ...] = ("text",)  # data handoffs it survives ("tokens": even the token handoff's)
 
 
 # An ``Engine.log_keys`` target: the key is kept under its own name and used as memory_gb only when the log dict

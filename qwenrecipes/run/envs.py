@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.resources import files
@@ -115,20 +115,40 @@ class Lock:
     bootstrap: tuple[str, ...]  # pip itself (and friends), upgraded right after the venv is made
     torch_steps: tuple[tuple[str, ...], ...]  # each one pip run, with deps, before the lock body
     requirements: tuple[str, ...]  # the body, installed with --no-deps
+    # `# pip-check-ignore: a b`: `pip check` lines about these distributions' own requirements are not failures
+    # (a package whose metadata asks for what its used code path never imports, e.g. Unsloth on a CPU host).
+    pip_check_ignore: tuple[str, ...] = ()
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
 
+CPU_LOCK = "lock-cpu.txt"
+LOCK_VARIANT_VARIABLE = "QWENRECIPES_LOCK_VARIANT"  # "cpu" or "gpu": which lock an engine with both uses
+
+
+def lock_variant() -> str:
+    """``gpu`` on a host with an NVIDIA GPU (nvidia-smi on PATH), else ``cpu``; QWENRECIPES_LOCK_VARIANT wins."""
+    chosen = os.environ.get(LOCK_VARIANT_VARIABLE, "").strip().lower()
+    if chosen in ("cpu", "gpu"):
+        return chosen
+    from qwenrecipes.recipe.hardware import detect_target
+
+    return "gpu" if detect_target() == "cuda" else "cpu"
+
+
 def _lock_resource(engine: str) -> Traversable:
-    """The packaged lock file of ``engine``: ``engines/<engine>/lock.txt`` (the tools env's lives with export).
-    Tests point this at a tmp dir."""
+    """The packaged lock file of ``engine``: ``engines/<engine>/lock.txt``, or its ``lock-cpu.txt`` when it ships
+    one and this host has no GPU (lock_variant); the tools env's lives with export. Tests point this at a tmp
+    dir."""
     if engine == TOOLS_ENV:
         return files("qwenrecipes").joinpath("export", "tools.lock.txt")
     from qwenrecipes.engines import ENGINES
 
-    return ENGINES[engine].folder.joinpath("lock.txt")
+    folder = ENGINES[engine].folder
+    cpu = folder.joinpath(CPU_LOCK)
+    return cpu if cpu.is_file() and lock_variant() == "cpu" else folder.joinpath("lock.txt")
 
 
 def _check_engine(engine: str) -> None:
@@ -139,7 +159,7 @@ def _check_engine(engine: str) -> None:
         raise EngineError(f"unknown engine {engine!r}: choose one of {known}")
 
 
-_DIRECTIVE = re.compile(r"^#\s*(python|bootstrap|torch):\s*(.+?)\s*$")
+_DIRECTIVE = re.compile(r"^#\s*(python|bootstrap|torch|pip-check-ignore):\s*(.+?)\s*$")
 
 
 def parse_lock(engine: str, text: str) -> Lock:
@@ -147,6 +167,7 @@ def parse_lock(engine: str, text: str) -> Lock:
     python = ""
     bootstrap: list[str] = []
     torch_steps: list[tuple[str, ...]] = []
+    ignore: list[str] = []
     requirements: list[str] = []
     for raw in text.splitlines():
         line = raw.strip()
@@ -160,13 +181,32 @@ def parse_lock(engine: str, text: str) -> Lock:
                     python = value
                 elif key == "bootstrap":
                     bootstrap.extend(value.split())
+                elif key == "pip-check-ignore":
+                    ignore.extend(value.split())
                 else:
                     torch_steps.append(tuple(value.split()))
             continue
         requirements.append(line)
     if not python:
         raise EngineError(f"lock for {engine} has no `# python: X.Y` line: add the version it was tested with")
-    return Lock(engine, text, python, tuple(bootstrap), tuple(torch_steps), tuple(requirements))
+    return Lock(engine, text, python, tuple(bootstrap), tuple(torch_steps), tuple(requirements), tuple(ignore))
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pip_check_failures(output: str, ignore: Sequence[str]) -> list[str]:
+    """The lines of `pip check` output that are failures: all but those about an ignored distribution's own
+    requirements ("unsloth 2026.10.9 requires triton, which is not installed.")."""
+    ignored = {_canonical(name) for name in ignore}
+    failures = []
+    for line in output.splitlines():
+        words = line.split()
+        if not words or (words[0] and _canonical(words[0]) in ignored) or line.startswith("No broken requirements"):
+            continue
+        failures.append(line)
+    return failures
 
 
 def load_lock(engine: str) -> Lock:
@@ -794,7 +834,12 @@ def _build(
     else:
         _stream([*pip, "--no-deps", "-r", str(req_file)], env=env, stage="lock", progress=report, log=log)
     report("check", "pip check")
-    _stream([py, "-m", "pip", "check"], env=env, stage="check", progress=report, log=log)
+    checked = subprocess.run([py, "-m", "pip", "check"], env=env, capture_output=True, text=True, check=False)
+    log.write(checked.stdout + checked.stderr)
+    failures = pip_check_failures(checked.stdout, lock.pip_check_ignore)
+    if checked.returncode != 0 and (failures or not checked.stdout.strip()):
+        shown = "\n".join(failures) or checked.stderr.strip()[-2000:]
+        raise EngineError(f"pip check failed for the {engine} lock:\n{shown}")
     report("health", f"importing {', '.join(env_spec(engine).health_imports)} (can take a minute)")
     health = check_health(engine, build)
     log.write(f"\nhealth check ({health.seconds:.1f} s): {health.status}\n{health.message}\n")

@@ -73,6 +73,9 @@ def effective(files: dict[str, str]) -> dict[str, Any]:
     else:
         loss_mask = f"roles {roles}: content, eos={eos}"
 
+    if "type" not in ds and str(ds.get("path", "")).endswith(".tokens.jsonl"):  # token handoff: taken as is
+        chat_template, loss_mask = concepts.CHAT_TEMPLATE_TOKENS, concepts.LOSS_MASK_TOKENS
+
     strategy = cfg.get("excess_length_strategy") or "drop"
     truncation = (concepts.TRUNCATION_NONE if strategy == "raise"
                   else "dropped by Axolotl (longer than sequence_len)" if strategy == "drop"
@@ -123,7 +126,8 @@ def effective(files: dict[str, str]) -> dict[str, Any]:
         "use_rslora": bool(cfg.get("peft_use_rslora")) if method != "full" else None,
         "modules_to_save": list(cfg.get("lora_modules_to_save") or []) if method != "full" else None,
         "chat_template": chat_template,
-        "think_handling": concepts.THINK_INLINE if chat_template == CHATML_NAME else "template default",
+        "think_handling": concepts.THINK_INLINE if chat_template in (CHATML_NAME, concepts.CHAT_TEMPLATE_TOKENS)
+        else "template default",
         "loss_mask": loss_mask,
         "train_file": ds.get("path"),
         "eval_file": ((cfg.get("test_datasets") or [{}])[0]).get("path"),

@@ -37,7 +37,7 @@ from qwenrecipes.engines.launchers import is_multiprocess, torchrun_args
 from qwenrecipes.engines.templating import render_template
 from qwenrecipes.recipe import concepts
 from qwenrecipes.recipe.memory import EngineProfile
-from qwenrecipes.recipe.plan import Plan
+from qwenrecipes.recipe.plan import EVAL_TOKENS_FILE, TRAIN_TOKENS_FILE, Plan
 
 MAIN_FILE = "axolotl.yaml"
 # Inside the render folder, so a stale cache from another run (Axolotl's default `last_run_prepared` in
@@ -168,6 +168,11 @@ class AxolotlEngine(BaseEngine):
         }
         if local:
             dataset["ds_type"] = "json"
+        tokens = self.handoff(plan) == "tokens"
+        if tokens:
+            # Rows with input_ids, attention_mask and labels and no `type`: Axolotl's get_dataset_wrapper takes
+            # them as already tokenized (utils/data/wrappers.py) and trains their labels as they are.
+            dataset = {"path": TRAIN_TOKENS_FILE, "split": "train", "ds_type": "json"}
         data_section: dict[str, Any] = {
             "chat_template": "jinja",
             "chat_template_jinja": CHATML_TEMPLATE_PLAIN,
@@ -176,7 +181,7 @@ class AxolotlEngine(BaseEngine):
         }
         if plan.eval_file is not None:
             eval_set = copy.deepcopy(dataset)
-            eval_set["path"] = plan.eval_file
+            eval_set["path"] = EVAL_TOKENS_FILE if tokens else plan.eval_file
             eval_set["split"] = "train" if plan.eval_rows else (recipe.eval.split if recipe.eval else "train")
             data_section["test_datasets"] = [eval_set]
         data_section.update({

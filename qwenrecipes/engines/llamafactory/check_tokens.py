@@ -7,6 +7,7 @@ Run inside the LLaMA-Factory env with the render folder as cwd: ``python llamafa
 from __future__ import annotations
 
 import json
+import runpy
 import sys
 import traceback
 from typing import Any
@@ -27,6 +28,10 @@ def tokenize() -> list[dict[str, list[int]]]:
                 "eval_strategy": "no", "packing": False, "neat_packing": False, "report_to": "none"})
     if not torch.cuda.is_available():
         raw.update({"bf16": False, "fp16": False, "pure_bf16": False, "quantization_bit": None, "deepspeed": None})
+    if raw.get("tokenized_path"):
+        # Token handoff: the rendered load_tokens.py saves the rows where get_dataset loads them, as COMMAND runs it.
+        sys.argv = ["load_tokens.py"]
+        runpy.run_path("load_tokens.py", run_name="__main__")
     model_args, data_args, training_args, _finetuning, _generating = get_train_args(raw)
     tokenizer_module = load_tokenizer(model_args)
     template = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
@@ -35,13 +40,14 @@ def tokenize() -> list[dict[str, list[int]]]:
 
 
 def main() -> None:
+    out_file = sys.argv[1]  # read first: tokenize() hands sys.argv to load_tokens.py
     out: dict[str, Any]
     try:
         out = {"ok": True, "rows": tokenize()}
     except BaseException as exc:  # the caller needs a verdict whatever went wrong, SystemExit included
         out = {"ok": False, "skip": False, "error": f"{type(exc).__name__}: {exc}",
                "traceback": traceback.format_exc()[-4000:]}
-    with open(sys.argv[1], "w", encoding="utf-8") as handle:
+    with open(out_file, "w", encoding="utf-8") as handle:
         json.dump(out, handle)
 
 

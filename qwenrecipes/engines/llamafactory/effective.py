@@ -74,6 +74,10 @@ def effective(files: dict[str, str]) -> dict[str, Any]:
         loss_mask = "last assistant turn only: content + <|im_end|> + trailing \\n"
     else:
         loss_mask = LOSS_MASK_LF
+    tokenized = cfg.get("tokenized_path")
+    if tokenized:  # token handoff: get_dataset loads the saved rows and skips template and processors
+        chat_template, think = concepts.CHAT_TEMPLATE_TOKENS, concepts.THINK_INLINE
+        loss_mask = concepts.LOSS_MASK_TOKENS
 
     def file_of(name: str | None) -> str | None:
         entry = info.get(name or "", {})
@@ -131,8 +135,10 @@ def effective(files: dict[str, str]) -> dict[str, Any]:
         "chat_template": chat_template,
         "think_handling": think,
         "loss_mask": loss_mask,
-        "train_file": file_of(cfg.get("dataset")),
-        "eval_file": file_of(cfg.get("eval_dataset")),
+        "train_file": f"{tokenized} (train), saved from data/train.tokens.jsonl" if tokenized
+        else file_of(cfg.get("dataset")),
+        "eval_file": file_of(cfg.get("eval_dataset")) if not tokenized or not cfg.get("eval_dataset")
+        else f"{tokenized} (validation)",
         "max_seq_length": cfg.get("cutoff_len", 2048) - (1 if packing else 0),
         # Rows reach LF no longer than cutoff_len, so its proportional truncation never fires.
         "truncation": concepts.TRUNCATION_NONE,

@@ -32,7 +32,7 @@ from qwenrecipes.engines.launchers import accelerate_args, is_multiprocess, torc
 from qwenrecipes.engines.templating import render_template
 from qwenrecipes.recipe import concepts
 from qwenrecipes.recipe.memory import EngineProfile
-from qwenrecipes.recipe.plan import Plan
+from qwenrecipes.recipe.plan import EVAL_TOKENS_FILE, TRAIN_TOKENS_FILE, Plan
 
 MAIN_FILE = "llamafactory.yaml"
 ARGS_FILE = "llamafactory.args"
@@ -49,6 +49,8 @@ FLASH_ATTN_BACK = {v: k for k, v in FLASH_ATTN.items()}
 LOSS_MASK_LF = "assistant turns: content + <|im_end|> + trailing \\n"
 SHAREGPT_TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
                  "assistant_tag": "assistant", "system_tag": "system"}
+LOAD_TOKENS = "load_tokens.py"  # token handoff: saves data/*.tokens.jsonl where tokenized_path loads it
+TOKENIZED_PATH = f"{DATASET_DIR}/tokenized"
 SMALL_DATA_ROWS = 5000  # below this, one preprocessing process is faster than spawning workers
 
 NOTES: dict[str, str] = {
@@ -135,6 +137,9 @@ class LlamaFactoryEngine(BaseEngine):
         }
         if plan.eval_file is not None:
             dataset["eval_dataset"] = EVAL_NAME
+        if self.handoff(plan) == "tokens":
+            # get_dataset loads this saved dataset (load_tokens.py) and skips its template and processors.
+            dataset["tokenized_path"] = TOKENIZED_PATH
         dataset.update({
             "template": TEMPLATE,
             # No effect on qwen3_nothink (a plain Template); false so no think block is ever added.
@@ -242,6 +247,10 @@ class LlamaFactoryEngine(BaseEngine):
             split = plan.recipe.eval.split if plan.recipe.eval is not None else "train"
             info[EVAL_NAME] = _dataset_entry(plan.eval_file, split, eval_local)
         files[DATASET_INFO] = render_template("llamafactory/dataset_info.json.j2", info=info)
+        if self.handoff(plan) == "tokens":
+            splits = {"train": TRAIN_TOKENS_FILE, **({"validation": EVAL_TOKENS_FILE} if plan.eval_rows else {})}
+            files[LOAD_TOKENS] = render_template("llamafactory/load_tokens.py.j2", **header_context(plan, self.name),
+                                                 tokenized_path=TOKENIZED_PATH, files=splits)
         ds = deepspeed_config(plan)
         if ds is not None:
             files[DEEPSPEED_FILE] = render_template("llamafactory/deepspeed.json.j2", config=ds)
@@ -277,10 +286,16 @@ class LlamaFactoryEngine(BaseEngine):
     def command(self, plan: Plan, resume_from: str | None = None) -> list[str]:
         # LF merges `key=value` arguments after the YAML into it (OmegaConf), so resuming is an override.
         resume = [f"resume_from_checkpoint={resume_from}"] if resume_from else []
+        # Token handoff: load_tokens.py saves the rows where tokenized_path reads them, then execs the launch.
+        first = ["python", LOAD_TOKENS] if self.handoff(plan) == "tokens" else []
         if plan.recipe.distributed["strategy"] == "fsdp":
-            return ["accelerate", "launch", "--config_file", ACCELERATE_FSDP, *accelerate_args(plan),
+            return [*first, "accelerate", "launch", "--config_file", ACCELERATE_FSDP, *accelerate_args(plan),
                     "-m", "llamafactory.launcher", MAIN_FILE, *resume]
-        return ["llamafactory-cli", "train", MAIN_FILE, *resume]
+        return [*first, "llamafactory-cli", "train", MAIN_FILE, *resume]
+
+    def handoff(self, plan: Plan) -> str:
+        # Its packing happens in the preprocessing a saved dataset skips: packed recipes keep the text handoff.
+        return "text" if plan.recipe.data["packing"] else super().handoff(plan)
 
     def environment(self, plan: Plan) -> dict[str, str]:
         # DISABLE_VERSION_CHECK: LF 0.9.5 refuses transformers/peft/trl versions outside its own pins at

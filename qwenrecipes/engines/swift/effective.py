@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from qwenrecipes.engines.swift import textpath
+from qwenrecipes.engines.swift import textpath, tokenpath
 from qwenrecipes.recipe import concepts
 
 # swift's value for a key the YAML leaves out. Where it differs from the HF Trainer's, the comment says so.
@@ -110,6 +110,9 @@ def effective(files: dict[str, str]) -> dict[str, Any]:
         loss_mask = concepts.LOSS_MASK_ASSISTANT if ours else LOSS_MASK_SWIFT
     else:
         loss_mask = f"swift loss_scale {scale}"
+    if c["template"] == tokenpath.TEMPLATE_NAME and textpath.REGISTER_FILE in (c.get("custom_register_path") or []):
+        chat_template, think = concepts.CHAT_TEMPLATE_TOKENS, concepts.THINK_INLINE
+        loss_mask = concepts.LOSS_MASK_TOKENS
     # strict: a row over max_length fails the run instead of being deleted (qwenrecipes dropped them already).
     truncation = (concepts.TRUNCATION_NONE if c["max_length"] is not None and c["strict"]
                   else f"swift truncation_strategy {c['truncation_strategy'] or 'delete'} (rows dropped silently)")

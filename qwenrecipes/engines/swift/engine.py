@@ -35,7 +35,7 @@ from qwenrecipes.engines.base import (
 )
 from qwenrecipes.engines.deepspeed import DEEPSPEED_FILE, deepspeed_config
 from qwenrecipes.engines.launchers import is_multiprocess, torchrun_args
-from qwenrecipes.engines.swift import textpath
+from qwenrecipes.engines.swift import textpath, tokenpath
 from qwenrecipes.engines.templating import render_template
 from qwenrecipes.recipe.memory import DEFAULT_PROFILE
 from qwenrecipes.recipe.plan import Plan
@@ -177,7 +177,8 @@ class SwiftEngine(BaseEngine):
             "ddp_find_unused_parameters": False if is_multiprocess(plan) else None,
         }
         return [(title, _drop_none(section)) for title, section in (
-            ("model", model), ("method", method), ("dataset", textpath.dataset_args(plan)),
+            ("model", model), ("method", method),
+            ("dataset", (tokenpath if self.handoff(plan) == "tokens" else textpath).dataset_args(plan)),
             ("train", train), ("run", run))]
 
     def render(self, plan: Plan) -> dict[str, str]:
@@ -187,7 +188,7 @@ class SwiftEngine(BaseEngine):
                                        warnings=plan.warnings, swift_version=SWIFT_VERSION, **context),
             LAUNCHER_FILE: render_template("swift/train_swift.py.j2", **context),
             textpath.REGISTER_FILE: render_template(textpath.REGISTER_TEMPLATE, template_name=textpath.TEMPLATE_NAME,
-                                                    **context),
+                                                    tokens_template_name=tokenpath.TEMPLATE_NAME, **context),
         }
         ds = deepspeed_config(plan)
         if ds is not None:
@@ -220,6 +221,9 @@ class SwiftEngine(BaseEngine):
         from qwenrecipes.engines.swift.native import SNIPPET
 
         return SNIPPET
+
+    def token_row(self, input_ids: list[int], labels: list[int]) -> dict[str, Any]:
+        return tokenpath.token_row(input_ids, labels)
 
     def residuals(self) -> tuple[Residual, ...]:
         from qwenrecipes.engines.swift.residuals import RESIDUALS

@@ -18,5 +18,5 @@ def _first_token_masked(messages: Sequence[Mapping[str, str]], reference: Any, l
 RESIDUALS: tuple[Residual, ...] = (
     Residual("swift", "first_token_masked",
              "swift masks the first token of every row (Template._encode sets labels[0] = -100); a causal LM never "
-             "predicts the first token, so the loss is the same", "all", _first_token_masked),
+             "predicts the first token, so the loss is the same", "all", _first_token_masked, ("text", "tokens")),
 )

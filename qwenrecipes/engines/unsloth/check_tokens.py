@@ -1,19 +1,19 @@
-"""Unsloth: the loss mask from unsloth_zoo's own ``train_on_responses_only``, with the parts, template and eos
-the rendered train_unsloth.py passes (read with ``ast``, never executed).
+"""Unsloth: the rendered train_unsloth.py itself builds its trainer (FastLanguageModel, the dataset, SFTConfig,
+Unsloth's SFTTrainer, train_on_responses_only with the text handoff); ``Trainer.train`` is intercepted, and each
+row of the trainer's prepared dataset goes through the trainer's own data collator, as training would batch it.
 
-The ``unsloth`` package refuses to import without a GPU, so its patched SFTTrainer cannot tokenize here: the
-input ids come from the same tokenizer + chat template through ``apply_chat_template`` (what TRL's
-conversational tokenization calls). ``unsloth_zoo.dataset_utils`` itself imports on CPU once
-``UNSLOTH_IS_PRESENT`` is set (the flag the unsloth package sets before importing it).
+Unsloth 2026.10.9 imports on a host without a GPU (its CPU backend: stock TRL SFTTrainer under Unsloth's
+patches); on a GPU host the same script takes its CUDA path (unsloth_zoo's sft_prepare_dataset).
 
-Run inside the Unsloth env with the render folder as cwd: ``python unsloth_tokens.py OUT_JSON``.
+Run inside the Unsloth env with the render folder as cwd: ``python -P check_tokens.py OUT_JSON``.
 """
 
 from __future__ import annotations
 
-import ast
+import contextlib
 import json
 import os
+import runpy
 import sys
 import traceback
 from typing import Any
@@ -21,69 +21,45 @@ from typing import Any
 SCRIPT = "train_unsloth.py"
 
 
-def _literal_kwargs(call: ast.Call) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for keyword in call.keywords:
-        if keyword.arg is None:
-            continue
-        try:
-            out[keyword.arg] = ast.literal_eval(keyword.value)
-        except ValueError:
-            out[keyword.arg] = None  # not a literal (e.g. getattr(torch, ...)): not needed here
-    return out
-
-
-def read_script() -> dict[str, Any]:
-    with open(SCRIPT, encoding="utf-8") as handle:
-        tree = ast.parse(handle.read())
-    found: dict[str, Any] = {"responses_only": None}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = ast.unparse(node.targets[0])
-            if target in ("CHAT_TEMPLATE", "tokenizer.eos_token", "tokenizer.pad_token"):
-                found[target] = ast.literal_eval(node.value)
-        elif isinstance(node, ast.Call):
-            name = ast.unparse(node.func)
-            if name == "FastLanguageModel.from_pretrained":
-                found["model_name"] = _literal_kwargs(node)["model_name"]
-            elif name == "train_on_responses_only":
-                found["responses_only"] = _literal_kwargs(node)
-    return found
+class _Built(Exception):
+    """Raised from the intercepted train(): the trainer is built, nothing is trained."""
 
 
 def tokenize() -> list[dict[str, list[int]]]:
-    script = read_script()
-    from transformers import AutoTokenizer
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    import unsloth  # noqa: F401, I001 - first, as the script imports it, so its patches apply
+    import transformers
 
-    tokenizer = AutoTokenizer.from_pretrained(script["model_name"])
-    tokenizer.chat_template = script["CHAT_TEMPLATE"]
-    tokenizer.eos_token = script["tokenizer.eos_token"]
-    tokenizer.pad_token = script["tokenizer.pad_token"]
-    with open("data/train.jsonl", encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    ids = [list(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=True)["input_ids"])
-           for row in rows]
-    options = script["responses_only"]
-    if options is None:  # train_on: all: the script does not mask, TRL's labels are the input ids
-        return [{"input_ids": row, "labels": list(row)} for row in ids]
-    os.environ.setdefault("UNSLOTH_IS_PRESENT", "1")
-    from unsloth_zoo.dataset_utils import train_on_responses_only
+    built: dict[str, Any] = {}
 
-    mask = train_on_responses_only(None, instruction_part=options.get("instruction_part"),
-                                   response_part=options.get("response_part"), tokenizer=tokenizer,
-                                   return_function=True)
-    labels = mask({"input_ids": ids})["labels"]
-    return [{"input_ids": row, "labels": list(label)} for row, label in zip(ids, labels, strict=True)]
+    def intercept(self: Any, *args: Any, **kwargs: Any) -> None:
+        built["trainer"] = self
+        raise _Built
+
+    transformers.Trainer.train = intercept  # every trainer class Unsloth builds inherits it
+    sys.argv = [SCRIPT]
+    with contextlib.suppress(_Built):
+        runpy.run_path(SCRIPT, run_name="__main__")
+    trainer = built.get("trainer")
+    if trainer is None:
+        raise RuntimeError(f"{SCRIPT} finished without calling trainer.train()")
+    rows = []
+    for example in trainer.train_dataset:
+        # One example per batch: the collator's labels without any padding around them.
+        batch = trainer.data_collator([example])
+        rows.append({"input_ids": batch["input_ids"][0].tolist(), "labels": batch["labels"][0].tolist()})
+    return rows
 
 
 def main() -> None:
+    out_file = sys.argv[1]  # read first: tokenize() replaces sys.argv for the script
     out: dict[str, Any]
     try:
         out = {"ok": True, "rows": tokenize()}
     except BaseException as exc:  # the caller needs a verdict whatever went wrong, SystemExit included
         out = {"ok": False, "skip": False, "error": f"{type(exc).__name__}: {exc}",
                "traceback": traceback.format_exc()[-4000:]}
-    with open(sys.argv[1], "w", encoding="utf-8") as handle:
+    with open(out_file, "w", encoding="utf-8") as handle:
         json.dump(out, handle)
 
 

@@ -38,7 +38,7 @@ from qwenrecipes.engines.launchers import is_multiprocess, torchrun_args
 from qwenrecipes.engines.templating import render_template
 from qwenrecipes.recipe import concepts
 from qwenrecipes.recipe.memory import EngineProfile
-from qwenrecipes.recipe.plan import Plan
+from qwenrecipes.recipe.plan import EVAL_TOKENS_FILE, TRAIN_TOKENS_FILE, Plan
 
 UNSLOTH_VERSION = "2026.10.9"
 SCRIPT_FILE = "train_unsloth.py"
@@ -70,19 +70,20 @@ SFT_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _context(plan: Plan) -> dict[str, Any]:
+def _context(plan: Plan, tokens: bool) -> dict[str, Any]:
     recipe = plan.recipe
     training, data, lora, quant = recipe.training, recipe.data, recipe.lora, recipe.quantization
     method = recipe.method["type"]
     gc = training["gradient_checkpointing"]
-    data_files = {"train": plan.train_file}
+    data_files = {"train": TRAIN_TOKENS_FILE if tokens else plan.train_file}
     if plan.eval_file is not None:
-        data_files["test"] = plan.eval_file
+        data_files["test"] = EVAL_TOKENS_FILE if tokens else plan.eval_file
     eval_on = bool(training["eval_steps"]) and plan.eval_file is not None
     return {
         "unsloth_version": UNSLOTH_VERSION,
         "chat_template": CHATML_TEMPLATE_PLAIN,
         "gpus": plan.world_size,  # WORLD_SIZE: every process on every node
+        "target": plan.target,
         "model_path": plan.model_path,
         "max_seq_length": data["max_seq_length"],
         "model_dtype": plan.model_dtype,
@@ -126,7 +127,8 @@ def _context(plan: Plan) -> dict[str, Any]:
         "eval_steps": training["eval_steps"],
         "liger_kernel": training["liger_kernel"],
         "report_to": recipe.output["report_to"],
-        "train_on_responses": data["train_on"] == "assistant",
+        "train_on_responses": data["train_on"] == "assistant" and not tokens,
+        "tokens": tokens,
     }
 
 
@@ -166,12 +168,23 @@ def read_script(text: str) -> dict[str, Any]:
 
 # Why Unsloth's effective values differ where `explain` flags them (residual, not removable by rendering).
 NOTES: dict[str, str] = {
-    "attn": "FastLanguageModel takes no attn_implementation; Unsloth picks its own attention kernels",
-    "precision": "Unsloth's trainer patch runs fp32 recipes under bf16/fp16 autocast",
-    "gradient_checkpointing": "Unsloth's checkpointing offloads activations to CPU (same maths, less memory)",
+    "attn": "FastLanguageModel takes no attn_implementation; Unsloth picks its own attention kernels (CPU backend: "
+            "whatever transformers picks, SDPA by default)",
+    "precision": "Unsloth's trainer patch runs fp32 recipes under bf16/fp16 autocast on a GPU; its CPU backend keeps "
+                 "the explicit dtype and drops bf16 where the CPU has no native bf16",
+    "gradient_checkpointing": "Unsloth's checkpointing offloads activations to CPU (same maths, less memory); its CPU "
+                              "backend uses plain non-reentrant HF checkpointing",
     "distributed": "Unsloth runs multi-GPU only as DDP under torchrun on one node; `run` refuses deepspeed/fsdp "
                    "and several nodes (their render is DDP, shown for comparison only)",
     "model": "without use_exact_model_name Unsloth remaps hub ids to its own unsloth/* repos",
+    # On a host without a GPU, Unsloth 2026.10.9 takes its CPU backend (unsloth_zoo/cpu): stock transformers +
+    # PEFT + TRL under Unsloth's patches, none of its CUDA kernels.
+    "optimizer": "CPU backend: adamw_torch (and 8-bit/paged optimizers) become adamw_torch_fused (same maths)",
+    "method": "CPU backend: stock transformers model + PEFT LoRA (no fused Triton LoRA kernels); 4-bit loads 16-bit "
+              "weights unless bitsandbytes' CPU 4-bit passes Unsloth's probe",
+    "loss_mask": "CPU backend: the loss is a pure-torch chunked cross-entropy (same value, no [tokens, vocab] logits); "
+                 "TRL's per-step entropy/token-accuracy metrics are not logged",
+    "packing": "CPU backend: packing and padding-free batches are forced off (SDPA would attend across rows)",
 }
 
 
@@ -179,9 +192,8 @@ class UnslothEngine(BaseEngine):
     name = "unsloth"
     main_file = SCRIPT_FILE
     notes = NOTES
-    # It raises on import when no CUDA GPU is visible; on a CPU machine its env can still be installed, and its
-    # health check reports "needs a CUDA GPU" instead of that import error.
-    env = EnvSpec("unsloth", ("unsloth:FastLanguageModel",), needs_gpu=True)
+    # 2026.10.9 imports on a host without a GPU (its CPU backend); that host installs lock-cpu.txt (run/envs.py).
+    env = EnvSpec("unsloth", ("unsloth:FastLanguageModel",))
     # Liger stays off: Unsloth patches the same ops with its own fused kernels.
     # Measured (H200, Qwen3-4B, seq 2048 x 4, LoRA r=16): 9.6 GiB ckpt on, 36.0 off, 4.5 QLoRA: it keeps 0.56 of
     # the activations, offloads three quarters of the checkpoints to CPU and fuses its loss.
@@ -215,7 +227,8 @@ class UnslothEngine(BaseEngine):
         return BUNDLE
 
     def render(self, plan: Plan) -> dict[str, str]:
-        text = render_template("unsloth/train_unsloth.py.j2", **header_context(plan, self.name), **_context(plan))
+        text = render_template("unsloth/train_unsloth.py.j2", **header_context(plan, self.name),
+                               **_context(plan, self.handoff(plan) == "tokens"))
         return {SCRIPT_FILE: text}
 
     def command(self, plan: Plan, resume_from: str | None = None) -> list[str]:
@@ -259,7 +272,11 @@ class UnslothEngine(BaseEngine):
         template = assigns.get("tokenizer.chat_template", assigns.get("CHAT_TEMPLATE"))
         plain = template == CHATML_TEMPLATE_PLAIN or assigns.get("CHAT_TEMPLATE") == CHATML_TEMPLATE_PLAIN
         eos = assigns.get("tokenizer.eos_token", sft.get("eos_token"))
-        if masking is None:
+        train_file = data_files.get("train") if isinstance(data_files, dict) else data_files
+        tokens = str(train_file or "").endswith(".tokens.jsonl")
+        if tokens:
+            loss_mask = concepts.LOSS_MASK_TOKENS
+        elif masking is None:
             loss_mask = concepts.LOSS_MASK_ALL
         elif (masking.get("instruction_part") == INSTRUCTION_PART and masking.get("response_part") == RESPONSE_PART
               and eos == EOS_TOKEN):
@@ -268,18 +285,22 @@ class UnslothEngine(BaseEngine):
             parts = f"{masking.get('instruction_part')!r}, {masking.get('response_part')!r}"
             loss_mask = f"train_on_responses_only({parts}), eos {eos!r}: spans may run past <|im_end|>"
 
+        cpu = assigns.get("TARGET") == "cpu"  # Unsloth's CPU backend (NOTES)
         bf16, fp16 = bool(sft["bf16"]), bool(sft["fp16"])
         if bf16:
             precision = "bf16"
         elif fp16:
             precision = "fp16"
         else:
-            precision = "bf16 autocast (Unsloth turns fp32 into bf16/fp16 mixed precision)"
+            precision = "fp32" if cpu else "bf16 autocast (Unsloth turns fp32 into bf16/fp16 mixed precision)"
         gc_value = peft["use_gradient_checkpointing"] if has_peft else load["use_gradient_checkpointing"]
         if gc_value == "unsloth":
-            gradient_checkpointing: bool | str = "unsloth (offloaded to CPU; same maths)"
+            gradient_checkpointing: bool | str = (True if cpu else "unsloth (offloaded to CPU; same maths)")
         else:
             gradient_checkpointing = bool(gc_value)
+        optimizer = sft["optim"]
+        if cpu and (optimizer == "adamw_torch" or "8bit" in optimizer or "paged" in optimizer):
+            optimizer = "adamw_torch_fused (Unsloth's CPU backend)"
         micro, accumulation = sft["per_device_train_batch_size"], sft["gradient_accumulation_steps"]
         steps = sft["max_steps"]
         max_steps = steps if steps and steps > 0 else f"{sft['num_train_epochs']:g} epochs"
@@ -295,7 +316,8 @@ class UnslothEngine(BaseEngine):
             "model": load["model_name"] if load["use_exact_model_name"]
             else f"{load['model_name']} (may be remapped to an unsloth/* repo)",
             "model_dtype": dtype,
-            "attn": "chosen by Unsloth (attn_implementation is not accepted)",
+            "attn": "transformers default (Unsloth's CPU backend)" if cpu
+            else "chosen by Unsloth (attn_implementation is not accepted)",
             "method": method,
             "quantization": quantization,
             "lora_r": peft["r"] if has_peft else None,
@@ -305,10 +327,11 @@ class UnslothEngine(BaseEngine):
             "use_dora": bool(peft["use_dora"]) if has_peft else None,
             "use_rslora": bool(peft["use_rslora"]) if has_peft else None,
             "modules_to_save": list(peft["modules_to_save"] or []) if has_peft else None,
-            "chat_template": concepts.CHAT_TEMPLATE_PINNED if plain else "tokenizer's own template",
+            "chat_template": concepts.CHAT_TEMPLATE_TOKENS if tokens else (
+                concepts.CHAT_TEMPLATE_PINNED if plain else "tokenizer's own template"),
             "think_handling": concepts.THINK_INLINE if plain else "tokenizer template decides",
             "loss_mask": loss_mask,
-            "train_file": data_files.get("train") if isinstance(data_files, dict) else data_files,
+            "train_file": train_file,
             "eval_file": data_files.get("test") if isinstance(data_files, dict) else None,
             "max_seq_length": sft["max_length"],
             "truncation": concepts.TRUNCATION_NONE if sft["max_length"] is not None else "none (max_length null)",
@@ -321,7 +344,7 @@ class UnslothEngine(BaseEngine):
             "learning_rate": sft["learning_rate"],
             "scheduler": sft["lr_scheduler_type"],
             "warmup_steps": sft["warmup_steps"],
-            "optimizer": sft["optim"],
+            "optimizer": optimizer,
             "weight_decay": sft["weight_decay"],
             "max_grad_norm": sft["max_grad_norm"],
             "precision": precision,

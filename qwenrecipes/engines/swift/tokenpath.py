@@ -1,0 +1,44 @@
+"""How ms-swift receives the training data with the token handoff (``data.handoff: tokens``, the default).
+
+ms-swift 4.6 has no input_ids/labels column path (``--cached_dataset`` still runs ``template.encode``; unknown row
+columns are dropped by ``RowPreprocessor``). What it does accept: an assistant content given as
+``{"token_ids": [...], "loss_scale": [0|1, ...]}`` (swift/template/base.py ``_encode_context_list``), encoded by
+a pass-through template with no prefix, no BOS and no suffix (``EmptyTemplateMeta(suffix=[],
+auto_add_bos=False)``), so ``_add_dynamic_eos`` relabels nothing. Each row of ``data/train.tokens.jsonl`` is
+then one empty user turn (no tokens) and one assistant turn holding the whole row's ids, with loss_scale 1 exactly
+where qwenrecipes' labels train: swift's labels are those ids, -100 elsewhere. The registered template lives in
+the same ``qwenrecipes_template.py`` as the text path's (textpath.py).
+
+One difference stays: ``Template._encode`` sets ``labels[0] = -100`` on every row, which matters only for
+``train_on: all`` (residual ``first_token_masked``; a causal LM never predicts the first token, so the loss is
+the same).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qwenrecipes.engines.swift import textpath
+from qwenrecipes.recipe.plan import EVAL_TOKENS_FILE, TRAIN_TOKENS_FILE, Plan
+
+TEMPLATE_NAME = "qwenrecipes_tokens"
+IGNORE = -100
+
+
+def dataset_args(plan: Plan) -> dict[str, Any]:
+    """textpath.dataset_args with the token files and the pass-through template."""
+    args = textpath.dataset_args(plan)
+    args.update({
+        "dataset": [TRAIN_TOKENS_FILE],
+        "val_dataset": [EVAL_TOKENS_FILE] if plan.eval_file is not None else None,
+        "template": TEMPLATE_NAME,
+        "loss_scale": "default",  # the per-token loss_scale of each row decides
+    })
+    return args
+
+
+def token_row(input_ids: list[int], labels: list[int]) -> dict[str, Any]:
+    """One row as swift reads pre-tokenized data."""
+    scale = [0 if label == IGNORE else 1 for label in labels]
+    return {"messages": [{"role": "user", "content": ""},
+                         {"role": "assistant", "content": {"token_ids": input_ids, "loss_scale": scale}}]}

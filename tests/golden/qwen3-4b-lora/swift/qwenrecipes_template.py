@@ -5,6 +5,7 @@
 from swift.template import register_template
 from swift.template.base import Template
 from swift.template.templates.qwen import QwenTemplateMeta
+from swift.template.templates.utils import EmptyTemplateMeta
 
 NAME = 'qwenrecipes_chatml'
 NEWLINE = "\n"
@@ -45,4 +46,9 @@ class QwenRecipesChatml(Template):
 
 
 register_template(QwenTemplateMeta(NAME, default_system=None, suffix=["<|im_end|>"], template_cls=QwenRecipesChatml),
+                  exist_ok=True)
+
+# Token handoff (data.handoff: tokens): each row is one assistant content {"token_ids", "loss_scale"} made by
+# qwenrecipes; this template adds nothing around it (no prefix, BOS or suffix), so nothing is relabelled.
+register_template(EmptyTemplateMeta('qwenrecipes_tokens', suffix=[], auto_add_bos=False, default_system=None),
                   exist_ok=True)

@@ -25,4 +25,4 @@ export NPROC_PER_NODE=8
 export NNODES=2
 export PET_LOG_DIR=ranks
 export PET_TEE=3
-exec llamafactory-cli train llamafactory.yaml
+exec python load_tokens.py llamafactory-cli train llamafactory.yaml

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from qwenrecipes.data.packing import PackedRow
 from qwenrecipes.recipe.memory import DEFAULT_PROFILE, EngineProfile
 from qwenrecipes.recipe.plan import Plan
 from qwenrecipes.resources import resource
@@ -161,6 +162,17 @@ class Engine(Protocol):
         """One line of data/train.tokens.jsonl in the form the engine's pre-tokenized path reads."""
         ...
 
+    def packing_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        """(recipe field, reason) when the engine cannot train the bins qwenrecipes packed (data/packing.py) as
+        given: no path for packed rows with their position ids, or an attention implementation that would attend
+        across the rows of a bin in the engine's transformers. Render and run refuse (exit 2); never the engine's
+        own packer instead."""
+        ...
+
+    def packed_row(self, row: PackedRow) -> dict[str, Any]:
+        """One line of the packed data/train.tokens.jsonl in the form the engine's pre-tokenized path reads."""
+        ...
+
 
 class BaseEngine:
     """Defaults for every member of ``Engine`` but render/command/environment/effective: subclass it and set
@@ -208,8 +220,18 @@ class BaseEngine:
     def handoff(self, plan: Plan) -> str:
         return "tokens" if plan.token_handoff else "text"
 
+    def packing_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        if not plan.recipe.data["packing"]:
+            return []
+        return [("data.packing", f"{self.name} has no path for rows packed by qwenrecipes (input_ids, labels and "
+                                 "per-row position ids): set packing: false for it")]
+
+    def packed_row(self, row: PackedRow) -> dict[str, Any]:
+        # No attention_mask: transformers derives the per-row mask from position_ids only when none is passed.
+        return {"input_ids": row.input_ids, "labels": row.labels, "position_ids": row.position_ids}
+
     def token_row(self, input_ids: list[int], labels: list[int]) -> dict[str, Any]:
-        # The columns of a tokenized HF dataset: Axolotl requires all three to skip its tokenization.
+        # The columns of a tokenized HF dataset (an engine may require all three to skip its own tokenization).
         return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
 

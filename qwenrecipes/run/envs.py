@@ -116,7 +116,7 @@ class Lock:
     torch_steps: tuple[tuple[str, ...], ...]  # each one pip run, with deps, before the lock body
     requirements: tuple[str, ...]  # the body, installed with --no-deps
     # `# pip-check-ignore: a b`: `pip check` lines about these distributions' own requirements are not failures
-    # (a package whose metadata asks for what its used code path never imports, e.g. Unsloth on a CPU host).
+    # (a package whose metadata asks for what its used code path never imports, e.g. a CPU-only variant).
     pip_check_ignore: tuple[str, ...] = ()
 
     @property
@@ -198,7 +198,7 @@ def _canonical(name: str) -> str:
 
 def pip_check_failures(output: str, ignore: Sequence[str]) -> list[str]:
     """The lines of `pip check` output that are failures: all but those about an ignored distribution's own
-    requirements ("unsloth 2026.10.9 requires triton, which is not installed.")."""
+    requirements ("pkg 1.0 requires triton, which is not installed.")."""
     ignored = {_canonical(name) for name in ignore}
     failures = []
     for line in output.splitlines():

@@ -267,7 +267,8 @@ def test_a_setsid_descendant_of_a_finished_engine_is_ended(harness: Harness) -> 
 
 def test_a_full_disk_mid_run_stops_the_engine_and_leaves_a_summary(harness: Harness) -> None:
     run = harness.tmp / "run"
-    process = harness.start(str(200_000), *harness.run_args(run), fake="--steps 200 --sleep 0.05 --spam 4000",
+    # 1 MB per file: room for the rendered data (the token file is ~250 KB), not for the engine's chatter.
+    process = harness.start(str(1_000_000), *harness.run_args(run), fake="--steps 200 --sleep 0.05 --spam 20000",
                             prefix=(FULL_DISK,))
     _out, err = process.communicate(timeout=300)
     assert process.returncode == 1 and "Traceback" not in err, err
@@ -304,7 +305,7 @@ DAMAGE: dict[str, tuple[str, bytes, str]] = {
                             "not a time"),
     "marker created huge": (MARKER_FILE, b'{"kind": "qwenrecipes-run", "engine": "fakerun", "created": 1e300}',
                             "not a time"),
-    "summary torn": (SUMMARY_FILE, b'{"status": "ok", "steps": 6,\n "artifacts": {', "line 3"),
+    "summary torn": (SUMMARY_FILE, b'{"status": "ok", "steps": 6,\n "artifacts": {', "line 2"),
     "summary a string": (SUMMARY_FILE, b'"ok"', "not a JSON object"),
     "summary wrong types": (SUMMARY_FILE, b'{"status": 7, "error": "boom", "artifacts": [1], "versions": "x", '
                                           b'"wall_time_s": "long", "total_wall_time_s": {}, "steps": "many"}',

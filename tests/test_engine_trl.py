@@ -7,10 +7,19 @@ from typing import Any
 import pytest
 import yaml
 
+from qwenrecipes.data.packing import PackedRow
 from qwenrecipes.engines.base import CHATML_TEMPLATE
 from qwenrecipes.engines.trl import ENGINE
 from qwenrecipes.errors import RecipeError
-from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ALL, LOSS_MASK_ASSISTANT, THINK_INLINE, TRUNCATION_NONE
+from qwenrecipes.recipe.concepts import (
+    CONCEPTS,
+    LOSS_MASK_ALL,
+    LOSS_MASK_ASSISTANT,
+    LOSS_MASK_TOKENS,
+    PACKING_BINS,
+    THINK_INLINE,
+    TRUNCATION_NONE,
+)
 from qwenrecipes.recipe.plan import Plan, plan_recipe
 from tests.conftest import TINY, cuda_plan, render_resolved
 
@@ -120,13 +129,18 @@ def test_train_on_all_and_packing_and_eval() -> None:
     plan = cuda_plan(data={"train_on": "all", "packing": True, "val_fraction": 0.1},
                      training={"eval_steps": 5, "max_steps": None, "warmup_steps": 0, "epochs": 2})
     c = config_of(plan)
-    assert c["assistant_only_loss"] is False and c["packing"] is True and c["padding_free"] is True
-    assert c["datasets"][0]["data_files"] == {"train": "data/train.jsonl", "test": "data/eval.jsonl"}
+    # qwenrecipes' bins (data/packing.py): TRL's packer off, its padding-free collator reads seq_lengths.
+    assert c["assistant_only_loss"] is False and c["packing"] is False and c["padding_free"] is True
+    assert c["eval_packing"] is False
+    assert c["datasets"][0]["data_files"] == {"train": "data/train.tokens.jsonl", "test": "data/eval.tokens.jsonl"}
     assert c["eval_strategy"] == "steps" and c["eval_steps"] == 5
-    assert c["max_steps"] == -1 and c["num_train_epochs"] == 2.0
+    assert plan.packing is not None and c["max_steps"] == plan.max_steps  # counted in bins by qwenrecipes
+    assert plan.max_steps == -(-len(plan.packing.bins) * 2 // plan.effective_batch)
     eff = ENGINE.effective(render_resolved(ENGINE, plan))
-    assert eff["loss_mask"] == LOSS_MASK_ALL and eff["eval_file"] == "data/eval.jsonl"
-    assert eff["max_steps"] == "2 epochs" and isinstance(eff["packing"], str)
+    assert eff["loss_mask"] == LOSS_MASK_TOKENS and eff["eval_file"] == "data/eval.tokens.jsonl"
+    assert eff["packing"] == PACKING_BINS
+    assert ENGINE.packed_row(PackedRow([1, 2, 3], [-100, 2, 3], [0, 1, 0], [2, 1])) == {
+        "input_ids": [1, 2, 3], "labels": [-100, 2, 3], "seq_lengths": [2, 1]}
 
 
 def test_full_finetune_has_no_lora_knobs() -> None:

@@ -171,6 +171,10 @@ def validate(recipe: Path, target: str, engine: str | None, native: bool) -> Non
     click.echo(f"{recipe}: ok ({summary['train_rows']} training rows, {summary['max_steps']} optimizer steps, "
                f"effective batch {summary['effective_batch']}, {summary['precision']} on {summary['target']}: "
                f"{plan.target_why})")
+    if summary.get("packing"):
+        p = summary["packing"]
+        click.echo(f"  packing: {p['rows']} rows in {p['bins']} bins of {p['capacity']} tokens ({p['algorithm']}): "
+                   f"mean fill {p['mean_fill_pct']}%, min {p['min_fill_pct']}%, padding {p['padding_fraction']:.1%}")
     for line in memory_lines(resolved):
         click.echo(f"  {line}")
 

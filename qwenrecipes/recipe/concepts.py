@@ -57,6 +57,8 @@ CHAT_TEMPLATE_PINNED = "plain ChatML (pinned, no default system prompt)"
 # data.handoff: tokens: the engine reads input_ids + labels made by qwenrecipes (data/tokens.py), as is.
 CHAT_TEMPLATE_TOKENS = "none in the engine: qwenrecipes rendered the ChatML text and tokenized it (token handoff)"
 LOSS_MASK_TOKENS = "labels made by qwenrecipes, used as is (token handoff)"
+# data.packing: the engine trains qwenrecipes' bins (data/packing.py) with its own packer off.
+PACKING_BINS = "qwenrecipes' bins, one packed row each, per-row position ids (engine packer off)"
 
 
 def quantization_value(bits: int, quant_type: str, double_quant: bool, compute_dtype: str) -> dict[str, object]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenrecipes.data import prepare as datamod
+from qwenrecipes.data.packing import Packing
 from qwenrecipes.data.rows import RowReport, SplitReport, dropped_warnings, prepare_local, split_warnings
 from qwenrecipes.errors import Problem, RecipeError
 from qwenrecipes.recipe import memory
@@ -39,7 +40,7 @@ class Plan:
     train_rows: list[list[dict[str, str]]] | None  # prepared rows, None for a hub dataset
     eval_rows: list[list[dict[str, str]]] | None
     dropped_rows: list[RowReport]  # every input row neither trained nor evaluated, with its reason
-    max_steps: int | None  # None only when packing (or hub data) lets the engine decide the row count
+    max_steps: int | None  # None only for hub data (the engine decides the row count)
     warmup_steps: int
     warnings: list[str] = field(default_factory=list)
     gpu_memory_gb: float | None = None  # one GPU's memory (CUDA target): declared, detected or assumed
@@ -48,6 +49,7 @@ class Plan:
     memory: dict[str, Any] | None = None  # that resolution's decisions and their reasons
     split_rows: list[SplitReport] = field(default_factory=list)  # input rows trained as several rows (qwen3_official)
     special_token_rows: list[RowReport] = field(default_factory=list)  # rows kept with literal special-token text
+    packing: Packing | None = None  # data.packing: the bins qwenrecipes packed (data/packing.py)
 
     @property
     def world_size(self) -> int:
@@ -68,11 +70,24 @@ class Plan:
         """Training rows in the exact order they are consumed, enough passes to cover max_steps."""
         if self.train_rows is None:
             return None
+        if self.packing is not None:  # the rows of the bins, in the order the bins are trained
+            rows = self.train_rows
+            return [rows[i] for members in self.bin_stream or () for i in members]
         t = self.recipe.training
         copies = math.ceil(t["epochs"])
-        if self.max_steps is not None and not self.recipe.data["packing"]:
+        if self.max_steps is not None:
             copies = max(1, math.ceil(self.max_steps * self.effective_batch / len(self.train_rows)))
         return datamod.epoch_stream(self.train_rows, copies=copies, seed=t["seed"], shuffle=self.recipe.data["shuffle"])
+
+    @property
+    def bin_stream(self) -> list[tuple[int, ...]] | None:
+        """Packed recipes: the bins in the exact order they are trained (each one packed row), enough passes
+        to cover max_steps, each pass shuffled from the seed as rows are."""
+        if self.packing is None:
+            return None
+        t, bins = self.recipe.training, list(self.packing.bins)
+        copies = max(1, math.ceil((self.max_steps or 0) * self.effective_batch / len(bins)))
+        return datamod.epoch_stream(bins, copies=copies, seed=t["seed"], shuffle=self.recipe.data["shuffle"])
 
     @property
     def token_handoff(self) -> bool:
@@ -102,8 +117,10 @@ class Plan:
     def precision_flags(self) -> dict[str, bool]:
         return {"bf16": self.precision == "bf16", "fp16": self.precision == "fp16"}
 
-    def summary(self) -> dict[str, Any]:
-        """The resolved values a person (and the render folder's resolved-recipe file) should see."""
+    def summary(self, *, with_bins: bool = False) -> dict[str, Any]:
+        """The resolved values a person (and the render folder's resolved-recipe file) should see; plan.json
+        adds the packed bins themselves (``with_bins``)."""
+        packing = self.packing.summary(with_bins=with_bins) if self.packing is not None else None
         return {
             "target": self.target,
             "target_why": self.target_why,
@@ -119,6 +136,7 @@ class Plan:
             "effective_batch": self.effective_batch,
             "max_steps": self.max_steps,
             "warmup_steps": self.warmup_steps,
+            **({"packing": packing} if packing is not None else {}),
             "memory": self.memory if self.memory is not None else {
                 "gpu_memory_gb": self.gpu_memory_gb, "gpu_memory_source": self.gpu_memory_source},
         }
@@ -268,20 +286,26 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
         warnings.append(f"{recipe.train.path!r} is a hub dataset, loaded by each engine by name: qwenrecipes cannot "
                         "apply the think rule, drop over-long rows or fix the row order for it; download it to a "
                         "local file for identical training on every engine")
+    model_path = _resolve_model_path(recipe.model["name_or_path"], recipe.source.parent)
+    packing = None
+    if data["packing"]:
+        packing, problem = _pack(recipe, train_rows, eval_rows, model_path)
+        pairs.extend([problem] if problem else [])
     world = recipe.distributed["gpus"] * recipe.distributed["nodes"]
     per_step = training["micro_batch_size"] * training["gradient_accumulation_steps"] * world
     max_steps = training["max_steps"]
-    if train_rows is not None and per_step > len(train_rows):
+    # One training example is a row, or with packing a bin: steps are counted in what the engines are handed.
+    units, unit = (len(packing.bins), "packed bins") if packing else (len(train_rows or ()), "training rows")
+    if train_rows is not None and per_step > units:
         pairs.append(("training.gradient_accumulation_steps",
                       f"effective batch {per_step} (micro_batch_size x gradient_accumulation_steps x world size "
                       f"{world} = gpus x nodes) is larger "
-                      f"than the {len(train_rows)} training rows: "
+                      f"than the {units} {unit}: "
                       "lower micro_batch_size or gradient_accumulation_steps"))
-    if max_steps is None and train_rows is not None and not data["packing"]:
-        max_steps = max(1, math.ceil(len(train_rows) * training["epochs"] / per_step))
+    if max_steps is None and train_rows is not None and units:
+        max_steps = max(1, math.ceil(units * training["epochs"] / per_step))
     if max_steps is None:
-        warnings.append("step count is decided by the engine (packing or hub data): "
-                        "warmup_ratio is passed as a ratio")
+        warnings.append("step count is decided by the engine (hub data): warmup_ratio is passed as a ratio")
 
     warmup = training["warmup_steps"] or 0
     if training.get("warmup_ratio") is not None:
@@ -296,12 +320,31 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
     if pairs:
         raise RecipeError([Problem(file, path, message) for path, message in pairs])
     return Plan(recipe=recipe, target=target, target_why=choice.describe(), precision=precision,
-                model_dtype=model_dtype,
-                model_path=_resolve_model_path(recipe.model["name_or_path"], recipe.source.parent),
-                train_rows=train_rows,
+                model_dtype=model_dtype, model_path=model_path, train_rows=train_rows,
                 eval_rows=eval_rows or None, dropped_rows=dropped, max_steps=max_steps, warmup_steps=warmup,
                 warnings=warnings, gpu_memory_gb=gpu_memory_gb, gpu_memory_source=gpu_memory_source,
-                split_rows=splits, special_token_rows=special)
+                split_rows=splits, special_token_rows=special, packing=packing)
+
+
+def _pack(recipe: Recipe, train_rows: list[Any] | None, eval_rows: list[Any] | None,
+          model_path: str) -> tuple[Packing | None, tuple[str, str] | None]:
+    """data.packing: qwenrecipes tokenizes the training rows (data/tokens.py) and packs them once
+    (data/packing.py); packing needs rows qwenrecipes read and the token handoff that carries the bins."""
+    data = recipe.data
+    local_eval = recipe.eval is None or eval_rows is not None
+    if train_rows is None or not local_eval:
+        return None, ("data.packing", "qwenrecipes packs the rows it read itself, so every engine trains the same "
+                                      "bins: download the hub dataset to a local file, or set packing: false")
+    if data.get("handoff", "tokens") != "tokens":
+        return None, ("data.packing", "packed rows reach the engines as input_ids + labels + position ids: "
+                                      "packing needs data.handoff: tokens")
+    if not train_rows:
+        return None, None
+    from qwenrecipes.data.packing import pack
+    from qwenrecipes.data.tokens import tokenize_rows, tokenizer_for
+
+    tokens = tokenize_rows(train_rows, data["train_on"], tokenizer_for(model_path))
+    return pack(tokens, data["max_seq_length"], recipe.training["seed"]), None
 
 
 def plan_recipe(path: str | Path, *, target: str | None = None) -> Plan:

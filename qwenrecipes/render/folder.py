@@ -65,7 +65,7 @@ def render_plan(plan: Plan, engine_name: str) -> Rendered:
     files.update(multinode_files(plan, engine_name, rendered.argv, rendered.environment, rendered.command_line))
     rendered.warnings.extend(f"{engine_name} cannot run this recipe ({field}): {reason}"
                              for field, reason in engine.launch_problems(plan))
-    files["plan.json"] = json.dumps({"engine": engine_name, **plan.summary()}, indent=2) + "\n"
+    files["plan.json"] = json.dumps({"engine": engine_name, **plan.summary(with_bins=True)}, indent=2) + "\n"
     return rendered
 
 
@@ -99,6 +99,26 @@ def _token_jsonl(plan: Plan, engine: Engine, rows: list[list[dict[str, Any]]]) -
     return write
 
 
+def _packed_jsonl(plan: Plan, engine: Engine, eval_rows: list[list[dict[str, Any]]] | None
+                  ) -> Callable[[TextIO], None]:
+    """Packed recipes: one line per bin in training order (Plan.bin_stream); eval rows one per line, each a
+    bin of one row, so the engine reads both through the same packed path."""
+    def write(handle: TextIO) -> None:
+        from qwenrecipes.data.packing import packed_row
+        from qwenrecipes.data.tokens import tokenize_rows, tokenizer_for
+
+        assert plan.packing is not None
+        if eval_rows is None:
+            tokens, bins = list(plan.packing.tokens), plan.bin_stream or []
+        else:
+            tokens = tokenize_rows(eval_rows, plan.recipe.data["train_on"], tokenizer_for(plan.model_path))
+            bins = [(i,) for i in range(len(tokens))]
+        for members in bins:
+            handle.write(json.dumps(engine.packed_row(packed_row(tokens, members)), separators=(",", ":")) + "\n")
+
+    return write
+
+
 def data_jobs(plan: Plan, engine_name: str, train_rows: list[list[dict[str, Any]]] | None,
               eval_rows: list[list[dict[str, Any]]] | None) -> list[tuple[str, Callable[[TextIO], None]]]:
     """The data files of a render folder: the prepared rows as ChatML messages (data/train.jsonl, in the order
@@ -109,7 +129,10 @@ def data_jobs(plan: Plan, engine_name: str, train_rows: list[list[dict[str, Any]
                                        (EVAL_FILE, EVAL_TOKENS_FILE, eval_rows)):
         if rows:
             jobs.append((relative, _jsonl(rows)))
-            if tokens:
+            if plan.packing is not None:
+                jobs.append((token_file, _packed_jsonl(plan, get_engine(engine_name),
+                                                       None if relative == TRAIN_FILE else rows)))
+            elif tokens:
                 jobs.append((token_file, _token_jsonl(plan, get_engine(engine_name), rows)))
     return jobs
 

@@ -69,6 +69,10 @@ def resolve_for_engine(plan: Plan, engine: str) -> Plan:
         raise QwenRecipesError(f"plan already resolved for {plan.engine}, not {engine}: resolve the original plan")
     training = plan.recipe.training
     file = str(plan.recipe.source)
+    # Packed bins the engine cannot take as given are refused, never handed to its own packer (data/packing.py).
+    refused = ENGINES[engine].packing_problems(plan)
+    if refused:
+        raise RecipeError([Problem(file, field, f"{engine}: {reason}") for field, reason in refused])
     liger, liger_why = _liger(plan, engine)
     checkpointing = training["gradient_checkpointing"]
     micro, accumulation = training["micro_batch_size"], training["gradient_accumulation_steps"]

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from qwenrecipes.data.packing import PackedRow
 from qwenrecipes.engines.base import (
     CHATML_TEMPLATE,
     BaseEngine,
@@ -25,6 +26,7 @@ from qwenrecipes.engines.base import (
 )
 from qwenrecipes.engines.launchers import accelerate_args, is_multiprocess
 from qwenrecipes.engines.templating import render_template
+from qwenrecipes.engines.trl.accelerate import accelerate_config
 from qwenrecipes.recipe import concepts
 from qwenrecipes.recipe.memory import EngineProfile
 from qwenrecipes.recipe.plan import EVAL_TOKENS_FILE, TRAIN_TOKENS_FILE, Plan
@@ -147,10 +149,12 @@ def _sections(plan: Plan, tokens: bool) -> dict[str, dict[str, Any]]:
         "dataset_test_split": "test",
         "max_length": data["max_seq_length"],
         "truncation_mode": "keep_start",  # never reached: rows over max_length were dropped by qwenrecipes
-        "packing": data["packing"],
-        "packing_strategy": "bfd",  # best-fit decreasing, never splits a row; implies padding_free
+        # data.packing: one line per qwenrecipes bin with its seq_lengths; TRL's packer off, its padding-free
+        # collator makes per-row position ids and no attention mask (data/packing.py).
+        "packing": False,
+        "packing_strategy": "bfd",  # unused: TRL's packer is off
         "padding_free": data["packing"],
-        "eval_packing": data["packing"],
+        "eval_packing": False,
         # qwenrecipes already shuffled once with the recipe seed: read rows in that order, every epoch.
         "shuffle_dataset": False,
         "train_sampling_strategy": "sequential",
@@ -205,41 +209,11 @@ def _sections(plan: Plan, tokens: bool) -> dict[str, dict[str, Any]]:
             "training": train, "run": run}
 
 
-def _accelerate_config(plan: Plan) -> dict[str, Any]:
-    distributed = plan.recipe.distributed
-    strategy = distributed["strategy"]
-    mixed = {"bf16": "bf16", "fp16": "fp16"}.get(plan.precision, "no")
-    # num_processes counts every node's; machine_rank and the main node's address come from the command line
-    # (launchers.accelerate_args). use_cpu stays false even for CPU processes: accelerate's CPU path is a
-    # single process (or mpirun); MULTI_GPU launches torchrun, and trl_config.yaml's use_cpu makes the Trainer
-    # train on the CPU over gloo.
-    config: dict[str, Any] = {"compute_environment": "LOCAL_MACHINE", "num_machines": distributed["nodes"],
-                              "machine_rank": 0, "num_processes": plan.world_size,
-                              "mixed_precision": mixed, "use_cpu": False}
-    if strategy.startswith("deepspeed"):
-        config["distributed_type"] = "DEEPSPEED"
-        config["deepspeed_config"] = {
-            "zero_stage": 3 if strategy == "deepspeed_zero3" else 2,
-            "offload_optimizer_device": "cpu" if distributed["zero_offload"] else "none",
-            "offload_param_device": "none",
-            "gradient_accumulation_steps": plan.recipe.training["gradient_accumulation_steps"],
-            "gradient_clipping": float(plan.recipe.training["max_grad_norm"]),
-            "zero3_init_flag": False,
-        }
-    elif strategy == "fsdp":
-        config["distributed_type"] = "FSDP"
-        config["fsdp_config"] = {"fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                                 "fsdp_transformer_layer_cls_to_wrap": "Qwen3DecoderLayer",
-                                 "fsdp_state_dict_type": "SHARDED_STATE_DICT", "fsdp_cpu_ram_efficient_loading": True}
-    else:
-        config["distributed_type"] = "MULTI_GPU"
-    return config
-
-
 # Why TRL's effective values differ where `explain` flags them.
 NOTES: dict[str, str] = {
     "quantization": "TRL takes the 4-bit compute dtype from the model dtype (no separate knob)",
-    "packing": "TRL's bfd packing keeps rows separate only with flash_attention_2/3",
+    "packing": "qwenrecipes' bins through TRL's padding-free collator (seq_lengths -> position ids, no attention "
+               "mask): rows stay separate with sdpa, eager and flash_attention_2 in transformers 5.16.1",
 }
 
 
@@ -266,6 +240,13 @@ class TrlEngine(BaseEngine):
 
         return BUNDLE
 
+    def packing_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        return []  # every attention implementation keeps the bin's rows apart on this path (NOTES["packing"])
+
+    def packed_row(self, row: PackedRow) -> dict[str, Any]:
+        # DataCollatorForLanguageModeling(padding_free) builds position ids from seq_lengths; labels used as is.
+        return {"input_ids": row.input_ids, "labels": row.labels, "seq_lengths": row.seq_lengths}
+
     def render(self, plan: Plan) -> dict[str, str]:
         context = header_context(plan, self.name)
         files = {
@@ -276,7 +257,7 @@ class TrlEngine(BaseEngine):
         }
         if is_multiprocess(plan):
             files[ACCELERATE_FILE] = render_template("trl/accelerate_config.yaml.j2", **context,
-                                                     accelerate=_accelerate_config(plan))
+                                                     accelerate=accelerate_config(plan))
         return files
 
     def command(self, plan: Plan, resume_from: str | None = None) -> list[str]:
@@ -333,9 +314,11 @@ class TrlEngine(BaseEngine):
         else:
             loss_mask = concepts.LOSS_MASK_ALL
 
-        if c["packing"]:
+        if c["padding_free"] and not c["packing"] and str(train_file or "").endswith(".tokens.jsonl"):
+            packing: bool | str = concepts.PACKING_BINS
+        elif c["packing"]:
             strategy = c["packing_strategy"]
-            packing: bool | str = (f"{strategy}: rows packed up to max_length, padding-free with per-row position_ids "
+            packing = (f"{strategy}: rows packed up to max_length, padding-free with per-row position_ids "
                                    "(rows stay separate only with flash_attention_2/3)")
         else:
             packing = False

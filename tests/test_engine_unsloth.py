@@ -10,7 +10,7 @@ import pytest
 from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
 from qwenrecipes.engines.unsloth.engine import ENGINE, SCRIPT_FILE, read_script
 from qwenrecipes.errors import RecipeError
-from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ALL, LOSS_MASK_ASSISTANT, THINK_INLINE
+from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ASSISTANT, LOSS_MASK_TOKENS, THINK_INLINE
 from qwenrecipes.recipe.plan import Plan, plan_recipe
 from tests.conftest import TINY, cuda_plan, render_resolved
 
@@ -63,9 +63,9 @@ def test_cpu_script_values(cpu_plan: Plan) -> None:
                 "output_dir": "outputs", "eval_strategy": "no", "train_sampling_strategy": "sequential",
                 "assistant_only_loss": False}
     assert {k: sft[k] for k in expected} == expected
-    assert c["load_dataset"] == {"data_files": {"train": "data/train.jsonl"}}
-    mask = c["train_on_responses_only"]
-    assert mask == {"instruction_part": "<|im_start|>user\n", "response_part": "<|im_start|>assistant\n"}
+    # Token handoff: the rows qwenrecipes tokenized and masked, no train_on_responses_only (text handoff: below).
+    assert c["load_dataset"] == {"data_files": {"train": "data/train.tokens.jsonl"}}
+    assert "train_on_responses_only" not in c
     assigns = read_script(text)["assigns"]
     assert assigns["CHAT_TEMPLATE"] == CHATML_TEMPLATE_PLAIN and assigns["tokenizer.eos_token"] == "<|im_end|>"
 
@@ -76,7 +76,7 @@ def test_only_expected_calls(cpu_plan: Plan) -> None:
     assert names == {
         "os.environ.setdefault", "argparse.ArgumentParser", "cli.add_argument", "cli.parse_args", "int",
         "os.environ.get", "SystemExit", "FastLanguageModel.from_pretrained", "getattr",
-        "FastLanguageModel.get_peft_model", "load_dataset", "SFTConfig", "SFTTrainer", "train_on_responses_only",
+        "FastLanguageModel.get_peft_model", "load_dataset", "SFTConfig", "SFTTrainer",
         "trainer.train", "trainer.save_model", "main"}
 
 
@@ -90,9 +90,10 @@ def test_command_environment(cpu_plan: Plan) -> None:
 def test_effective_cpu(cpu_plan: Plan) -> None:
     eff = ENGINE.effective(render_resolved(ENGINE, cpu_plan))
     assert set(eff) == set(CONCEPTS)
-    assert eff["loss_mask"] == LOSS_MASK_ASSISTANT and eff["think_handling"] == THINK_INLINE
+    assert eff["loss_mask"] == LOSS_MASK_TOKENS and eff["think_handling"] == THINK_INLINE
     assert eff["method"] == "lora" and eff["lora_r"] == 8 and eff["effective_batch"] == 4
-    assert eff["precision"].startswith("bf16 autocast")  # Unsloth's trainer patch overrides fp32
+    assert eff["precision"] == "fp32"  # the CPU backend keeps the dtype (on a GPU: bf16 autocast, below)
+    assert eff["optimizer"].startswith("adamw_torch_fused")
     assert eff["max_steps"] == 30 and eff["save_steps"] == 10 and eff["packing"] is False
 
 
@@ -119,10 +120,21 @@ def test_lora_cuda_eval_and_all_tokens() -> None:
     text = script_of(plan)
     c = calls(text)
     assert "train_on_responses_only" not in c
-    assert c["load_dataset"]["data_files"] == {"train": "data/train.jsonl", "test": "data/eval.jsonl"}
+    assert c["load_dataset"]["data_files"] == {"train": "data/train.tokens.jsonl", "test": "data/eval.tokens.jsonl"}
     assert c["SFTConfig"]["eval_strategy"] == "steps" and c["SFTTrainer"]["eval_dataset"] == "dataset['test']"
     eff = ENGINE.effective(render_resolved(ENGINE, plan))
-    assert eff["loss_mask"] == LOSS_MASK_ALL and eff["eval_steps"] == 5 and eff["eval_file"] == "data/eval.jsonl"
+    assert eff["loss_mask"] == LOSS_MASK_TOKENS and eff["eval_steps"] == 5
+    assert eff["eval_file"] == "data/eval.tokens.jsonl"
+    assert eff["precision"].startswith("bf16")  # a GPU render: Unsloth's trainer patch (fp32 -> autocast)
+
+
+def test_text_handoff_masks_with_train_on_responses_only() -> None:
+    c = calls(script_of(cuda_plan(data={"handoff": "text"})))
+    assert c["load_dataset"] == {"data_files": {"train": "data/train.jsonl"}}
+    mask = c["train_on_responses_only"]
+    assert mask == {"instruction_part": "<|im_start|>user\n", "response_part": "<|im_start|>assistant\n"}
+    assert ENGINE.effective(render_resolved(ENGINE, cuda_plan(data={"handoff": "text"})))["loss_mask"] == (
+        LOSS_MASK_ASSISTANT)
 
 
 def test_multi_gpu_is_torchrun() -> None:

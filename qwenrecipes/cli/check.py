@@ -56,7 +56,7 @@ def print_report(report: CheckReport) -> None:
             continue
         counts = {s: sum(r.status == s for r in engine.results) for s in STATUS_TEXT}
         parts = [f"{n} {STATUS_TEXT[s]}" for s, n in counts.items() if n]
-        click.secho(f"{engine.engine} ({engine.handoff} handoff): {', '.join(parts)}",
+        click.secho(f"{engine.engine}: {', '.join(parts)} ({engine.handoff} handoff)",
                     fg="green" if engine.ok else "red", bold=True)
         for residual in residuals_for(engine.engine, report.train_on, engine.handoff):
             if any(residual.name in r.residuals for r in engine.results):

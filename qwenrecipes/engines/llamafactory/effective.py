@@ -20,6 +20,7 @@ from qwenrecipes.engines.llamafactory.engine import (
     TEMPLATE,
 )
 from qwenrecipes.recipe import concepts
+from qwenrecipes.recipe.plan import EVAL_TOKENS_FILE, TRAIN_TOKENS_FILE
 
 
 def effective(files: dict[str, str]) -> dict[str, Any]:
@@ -135,10 +136,10 @@ def effective(files: dict[str, str]) -> dict[str, Any]:
         "chat_template": chat_template,
         "think_handling": think,
         "loss_mask": loss_mask,
-        "train_file": f"{tokenized} (train), saved from data/train.tokens.jsonl" if tokenized
-        else file_of(cfg.get("dataset")),
-        "eval_file": file_of(cfg.get("eval_dataset")) if not tokenized or not cfg.get("eval_dataset")
-        else f"{tokenized} (validation)",
+        # Token handoff: load_tokens.py saves the tokens files as the dataset tokenized_path loads.
+        "train_file": TRAIN_TOKENS_FILE if tokenized else file_of(cfg.get("dataset")),
+        "eval_file": (EVAL_TOKENS_FILE if cfg.get("eval_dataset") else None) if tokenized
+        else file_of(cfg.get("eval_dataset")),
         "max_seq_length": cfg.get("cutoff_len", 2048) - (1 if packing else 0),
         # Rows reach LF no longer than cutoff_len, so its proportional truncation never fires.
         "truncation": concepts.TRUNCATION_NONE,

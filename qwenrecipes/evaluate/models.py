@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from typing import Any
 
 from qwenrecipes.errors import EngineError, QwenRecipesError
 from qwenrecipes.export.source import Source, compute_dtype, resolve_source
-from qwenrecipes.export.tools_env import TOOLS_PYTHON_ENV, Tools
+from qwenrecipes.export.tools_env import TOOLS_PYTHON_ENV, Tools, override_tools
 
 EVAL_ENV = "trl"  # the engine env whose lock carries lm-eval; no separate multi-GB eval env
 BASE = "base"
@@ -87,15 +86,8 @@ def eval_tools() -> Tools:
     """$QWENRECIPES_TOOLS_PYTHON (a python with torch, transformers, peft, lm-eval), else the trl env."""
     from qwenrecipes.run import envs
 
-    override = os.environ.get(TOOLS_PYTHON_ENV)
-    if override:
-        python = Path(override).expanduser()
-        if not python.exists():
-            raise QwenRecipesError(f"${TOOLS_PYTHON_ENV} points at {python}, which does not exist")
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        env.update(envs.base_environment())
-        tool = Tools(python, env)
-    else:
+    tool = override_tools()
+    if tool is None:
         try:
             found = envs.env_for(EVAL_ENV)
         except QwenRecipesError as exc:

@@ -19,7 +19,15 @@ import yaml
 
 from qwenrecipes.engines.swift import ENGINE
 from qwenrecipes.engines.swift.effective import SWIFT_DEFAULTS
-from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ALL, LOSS_MASK_ASSISTANT, THINK_INLINE, TRUNCATION_NONE
+from qwenrecipes.errors import RecipeError
+from qwenrecipes.recipe.concepts import (
+    CONCEPTS,
+    LOSS_MASK_ALL,
+    LOSS_MASK_ASSISTANT,
+    LOSS_MASK_TOKENS,
+    THINK_INLINE,
+    TRUNCATION_NONE,
+)
 from qwenrecipes.recipe.plan import Plan, plan_recipe
 from qwenrecipes.run.events import iter_log_lines, normalize, read_events
 from qwenrecipes.run.procgroup import group_alive
@@ -50,7 +58,12 @@ KNOWN_KEYS = {
 
 @pytest.fixture(scope="module")
 def cpu_plan() -> Plan:
-    return plan_recipe(TINY, target="cpu")
+    return plan_recipe(TINY, target="cpu")  # data.handoff: tokens (the default)
+
+
+@pytest.fixture(scope="module")
+def text_plan() -> Plan:
+    return tiny_plan({"data": {"handoff": "text"}}, target="cpu")
 
 
 def config_of(files: dict[str, str]) -> dict[str, Any]:
@@ -68,7 +81,8 @@ def _walk(value: Any) -> list[Any]:
 # ------------------------------------------------------------------------------------------------ render
 
 
-def test_cpu_render_every_knob_explicit(cpu_plan: Plan) -> None:
+def test_cpu_render_every_knob_explicit(text_plan: Plan) -> None:
+    cpu_plan = text_plan
     files = render_resolved(ENGINE, cpu_plan)
     assert set(files) == {"swift_sft.yaml", "qwenrecipes_template.py", "train_swift.py"}
     c = config_of(files)
@@ -93,6 +107,15 @@ def test_cpu_render_every_knob_explicit(cpu_plan: Plan) -> None:
     assert c["bf16"] is False and c["fp16"] is False and c["seed"] == 42 and c["data_seed"] == 42
 
 
+def test_token_handoff_rows_and_template(cpu_plan: Plan) -> None:
+    c = config_of(render_resolved(ENGINE, cpu_plan))
+    assert c["dataset"] == ["data/train.tokens.jsonl"] and c["template"] == "qwenrecipes_tokens"
+    assert c["custom_register_path"] == ["qwenrecipes_template.py"] and c["strict"] is True
+    row = ENGINE.token_row([1, 2, 3], [-100, 2, 3])
+    assert row["messages"][0] == {"role": "user", "content": ""}
+    assert row["messages"][1]["content"] == {"token_ids": [1, 2, 3], "loss_scale": [0, 1, 1]}
+
+
 @pytest.mark.parametrize("name", ["qwenrecipes_template.py", "train_swift.py"])
 def test_python_files_hold_no_recipe_value(cpu_plan: Plan, name: str) -> None:
     text = render_resolved(ENGINE, cpu_plan)[name]
@@ -114,17 +137,18 @@ def test_command_and_environment(cpu_plan: Plan) -> None:
     assert "CUDA_VISIBLE_DEVICES" not in ENGINE.environment(ddp)
 
 
-def test_effective_cpu(cpu_plan: Plan) -> None:
+def test_effective_cpu(cpu_plan: Plan, text_plan: Plan) -> None:
+    assert ENGINE.effective(render_resolved(ENGINE, text_plan))["loss_mask"] == LOSS_MASK_ASSISTANT
     eff = ENGINE.effective(render_resolved(ENGINE, cpu_plan))
     assert set(eff) == set(CONCEPTS)
-    assert eff["loss_mask"] == LOSS_MASK_ASSISTANT and eff["think_handling"] == THINK_INLINE
+    assert eff["loss_mask"] == LOSS_MASK_TOKENS and eff["think_handling"] == THINK_INLINE
     assert eff["truncation"] == TRUNCATION_NONE and eff["precision"] == "fp32" and eff["method"] == "lora"
     assert eff["effective_batch"] == cpu_plan.effective_batch and eff["max_steps"] == 30
     assert eff["save_steps"] == 10 and eff["eval_steps"] is None and eff["distributed"] == "none"
 
 
-def test_effective_applies_swift_defaults_for_missing_keys(cpu_plan: Plan) -> None:
-    files = render_resolved(ENGINE, cpu_plan)
+def test_effective_applies_swift_defaults_for_missing_keys(text_plan: Plan) -> None:
+    files = render_resolved(ENGINE, text_plan)
     c = config_of(files)
     for key in ("gradient_accumulation_steps", "lr_scheduler_type", "weight_decay", "lora_alpha", "template",
                 "learning_rate", "logging_steps"):
@@ -162,16 +186,24 @@ def test_fsdp_moves_checkpointing_into_its_config() -> None:
     assert ENGINE.effective(files)["gradient_checkpointing"] is True
 
 
-def test_train_on_all_packing_eval_full() -> None:
-    plan = tiny_plan({"method": {"type": "full"}, "data": {"train_on": "all", "packing": True, "val_fraction": 0.1},
+def test_train_on_all_eval_full() -> None:
+    plan = tiny_plan({"method": {"type": "full"}, "data": {"train_on": "all", "val_fraction": 0.1, "handoff": "text"},
                       "training": {"eval_steps": 5, "max_steps": None, "warmup_steps": 0, "epochs": 2}})
     files = render_resolved(ENGINE, plan)
     c = config_of(files)
     assert c["tuner_type"] == "full" and "lora_rank" not in c and c["loss_scale"] == "all"
-    assert c["packing"] is True and c["padding_free"] is True and c["val_dataset"] == ["data/eval.jsonl"]
-    assert c["eval_strategy"] == "steps" and c["eval_steps"] == 5 and c["max_steps"] == -1
+    assert c["packing"] is False and c["val_dataset"] == ["data/eval.jsonl"]
+    assert c["eval_strategy"] == "steps" and c["eval_steps"] == 5
+    assert plan.max_steps and c["max_steps"] == plan.max_steps and c["num_train_epochs"] == 2.0  # 2 epochs of rows
     eff = ENGINE.effective(files)
-    assert eff["loss_mask"] == LOSS_MASK_ALL and eff["method"] == "full" and eff["max_steps"] == "2 epochs"
+    assert eff["loss_mask"] == LOSS_MASK_ALL and eff["method"] == "full" and eff["max_steps"] == plan.max_steps
+
+
+def test_packing_is_refused() -> None:
+    # swift has no path for bins packed by qwenrecipes (rows + per-row position ids), and its own packer would
+    # decide the bins itself: render refuses instead (BaseEngine.packing_problems).
+    with pytest.raises(RecipeError, match="packing"):
+        render_resolved(ENGINE, tiny_plan({"data": {"packing": True}}, target="cpu"))
 
 
 def test_hostile_strings_stay_data() -> None:
@@ -258,12 +290,13 @@ def test_native_validation_accepts_and_rejects(cpu_plan: Plan, tmp_path: Path) -
 
 
 @pytest.mark.engine
+@pytest.mark.parametrize("handoff", ["text", "tokens"])
 @pytest.mark.parametrize("train_on", ["assistant", "all"])
-def test_check_passes_on_every_row(train_on: str) -> None:
+def test_check_passes_on_every_row(train_on: str, handoff: str) -> None:
     _require_env()
     from qwenrecipes.check.tokens import check_recipe
 
-    plan = tiny_plan({"data": {"train_on": train_on}}, target="cpu")
+    plan = tiny_plan({"data": {"train_on": train_on, "handoff": handoff}}, target="cpu")
     report = check_recipe(plan, ["swift"], data_samples=len(plan.train_rows or []))
     (engine,) = report.engines
     assert engine.ok, [(r.sample, r.status, r.detail) for r in engine.results if r.status != "equal"]
@@ -319,9 +352,8 @@ def test_failure_is_classified(tmp_path: Path) -> None:
     _require_env()
     recipe = tmp_path / "broken.yaml"
     document = yaml.safe_load(TINY.read_text())
-    document["model"]["name_or_path"] = str(tmp_path / "missing-model")
+    document["model"]["name_or_path"] = str(tmp_path / "missing-model")  # swift itself has to fail on it
     document["data"]["train"]["path"] = str(TINY.parent / "data" / "chat.jsonl")
-    (tmp_path / "missing-model").mkdir()  # a folder without config.json: swift itself has to fail on it
     recipe.write_text(yaml.safe_dump(document))
     run = tmp_path / "run"
     proc = subprocess.run(_cli("run", str(recipe), "--engine", "swift", "--run-dir", str(run), "--target", "cpu"),

@@ -1,0 +1,143 @@
+"""Pack once (data/packing.py): bins, plan steps, the packed files, and (engine test) a packed row's per-token
+losses equal those of its rows run separately in the trl env's transformers."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qwenrecipes.data.packing import best_fit_decreasing, pack, packed_row, padding_fraction
+from qwenrecipes.data.tokens import IGNORE, TokenRow
+from qwenrecipes.errors import RecipeError
+from qwenrecipes.recipe.plan import plan_recipe
+from qwenrecipes.render.folder import render_plan, write_rendered
+
+ROOT = Path(__file__).parent.parent
+SCRIPT = Path(__file__).parent / "scripts" / "packed_losses.py"
+
+
+def _packed_recipe(tmp_path: Path, **data: object) -> Path:
+    document = yaml.safe_load((ROOT / "tests" / "recipes" / "parity.yaml").read_text(encoding="utf-8"))
+    document["data"]["train"]["path"] = str(ROOT / "recipes" / "data" / "chat.jsonl")
+    document["data"].update({"packing": True, **data})
+    path = tmp_path / "packed.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def test_best_fit_decreasing_is_deterministic_and_keeps_every_row() -> None:
+    lengths = [random.Random(1).randint(1, 300) for _ in range(500)]
+    bins = best_fit_decreasing(lengths, 512, seed=42)
+    assert bins == best_fit_decreasing(lengths, 512, seed=42)
+    assert sorted(i for b in bins for i in b) == list(range(500))
+    assert all(sum(lengths[i] for i in b) <= 512 for b in bins)
+    # Within one bin of the volume bound: best-fit decreasing is at most 11/9 OPT + 6/9 (Dosa 2007).
+    assert len(bins) <= math.ceil(sum(lengths) / 512) * 11 / 9 + 1
+    with pytest.raises(ValueError, match="row 0: 600 tokens"):
+        best_fit_decreasing([600], 512, seed=0)
+
+
+def test_ties_follow_the_seed() -> None:
+    lengths = [100] * 10
+    assert best_fit_decreasing(lengths, 512, seed=1) != best_fit_decreasing(lengths, 512, seed=2)
+
+
+def test_packed_row_restarts_positions_and_unlabels_each_first_token() -> None:
+    rows = [TokenRow([1, 2, 3], [IGNORE, 2, 3]), TokenRow([4, 5], [4, 5])]
+    row = packed_row(rows, (0, 1))
+    assert row.input_ids == [1, 2, 3, 4, 5] and row.position_ids == [0, 1, 2, 0, 1]
+    assert row.labels == [IGNORE, 2, 3, IGNORE, 5] and row.seq_lengths == [3, 2]
+    packing = pack(rows, 8, seed=0)
+    assert packing.bins == ((0, 1),) and packing.summary()["padding_fraction"] == round(1 - 5 / 8, 4)
+
+
+def test_unpacked_padding_fraction() -> None:
+    assert padding_fraction([10, 30, 20, 20], 2) == pytest.approx(1 - 80 / 100)
+    assert padding_fraction([10, 30], 2, pad_to=40) == pytest.approx(0.5)
+
+
+def test_plan_counts_steps_in_bins_and_render_hands_the_bins(tmp_path: Path) -> None:
+    plan = plan_recipe(_packed_recipe(tmp_path, max_seq_length=512), target="cpu")
+    assert plan.packing is not None and plan.train_rows is not None
+    training = plan.recipe.training
+    assert len(plan.packing.bins) < len(plan.train_rows)
+    stream = plan.bin_stream or []
+    assert len(stream) >= training["max_steps"] * plan.effective_batch
+    # Each pass trains every bin once, in a seeded order: rows are never repeated inside a pass.
+    first_pass = stream[:len(plan.packing.bins)]
+    assert sorted(first_pass) == sorted(plan.packing.bins)
+    summary = plan.summary()["packing"]
+    assert "members" not in summary and 0 < summary["min_fill_pct"] <= summary["mean_fill_pct"] <= 100
+    rendered = render_plan(plan, "trl")
+    recorded = json.loads(rendered.files["plan.json"])["packing"]
+    assert recorded["members"] == [list(b) for b in plan.packing.bins]
+    write_rendered(plan, rendered, tmp_path / "out")
+    lines = (tmp_path / "out" / "data" / "train.tokens.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(stream)
+    first = json.loads(lines[0])
+    assert sum(first["seq_lengths"]) == len(first["input_ids"]) <= 512
+    assert [plan.packing.lengths[i] for i in stream[0]] == first["seq_lengths"]
+
+
+def test_max_steps_from_bins_when_unset(tmp_path: Path) -> None:
+    path = _packed_recipe(tmp_path, max_seq_length=512)
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    document["training"].update({"max_steps": None, "epochs": 2})
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    plan = plan_recipe(path, target="cpu")
+    assert plan.packing is not None
+    assert plan.max_steps == math.ceil(len(plan.packing.bins) * 2 / plan.effective_batch)
+
+
+def test_engine_without_a_packed_path_is_refused(tmp_path: Path) -> None:
+    plan = plan_recipe(_packed_recipe(tmp_path), target="cpu")
+    with pytest.raises(RecipeError, match=r"data\.packing"):
+        render_plan(plan, "unsloth")
+
+
+def test_text_handoff_cannot_pack(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r"data\.handoff: tokens"):
+        plan_recipe(_packed_recipe(tmp_path, handoff="text"), target="cpu")
+
+
+@pytest.mark.engine
+def test_packed_row_losses_equal_separate_rows(tmp_path: Path) -> None:
+    """Per-token losses of two packed bins (one micro-batch through TRL's padding-free collator) equal those of
+    their rows run one by one, with sdpa and eager; an all-ones attention mask (rows attend across) does not."""
+    from qwenrecipes.run.envs import env_for
+
+    plan = plan_recipe(_packed_recipe(tmp_path, max_seq_length=256, train_on="all"), target="cpu")
+    assert plan.packing is not None
+    tokens, bins = plan.packing.tokens, plan.packing.bins[:2]
+    assert all(len(b) >= 2 for b in bins)
+    members = [i for b in bins for i in b]
+    cases = {"bins": [{"input_ids": r.input_ids, "labels": r.labels, "seq_lengths": r.seq_lengths}
+                      for r in (packed_row(tokens, b) for b in bins)],
+             "rows": [{"input_ids": tokens[i].input_ids, "labels": tokens[i].labels} for i in members]}
+    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+    out = tmp_path / "out.json"
+    subprocess.run([str(env_for("trl").python), str(SCRIPT), str(tmp_path / "cases.json"), plan.model_path,
+                    str(out)], check=True, timeout=900)
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert "attention_mask" not in result["collator_keys"] and "position_ids" in result["collator_keys"]
+    for impl, got in result["impls"].items():
+        offset, compared, control_gap = 0, 0, 0.0
+        for row_losses in got["separate"]:
+            packed = got["packed"][offset:offset + len(row_losses)]
+            control = got["control"][offset:offset + len(row_losses)]
+            assert packed[0] is None  # the row's first token is never predicted from the previous row
+            for t in range(1, len(row_losses)):
+                assert (row_losses[t] is None) == (packed[t] is None), (impl, offset, t)
+                if row_losses[t] is not None:
+                    assert packed[t] == pytest.approx(row_losses[t], rel=1e-4, abs=1e-4), (impl, offset, t)
+                    control_gap = max(control_gap, abs(control[t] - row_losses[t]))
+                    compared += 1
+            offset += len(row_losses)
+        assert offset == len(got["packed"]) and compared > 100
+        assert control_gap > 1e-3, f"{impl}: the all-ones mask control should attend across rows"

@@ -329,7 +329,7 @@ def _misrender(monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
 
         monkeypatch.setattr(LlamaFactoryEngine, "sections", lf_sections)
     else:
-        from qwenrecipes.engines import trl as trl_engine
+        from qwenrecipes.engines.trl import engine as trl_engine
 
         original_trl = trl_engine._sections
 

@@ -30,7 +30,7 @@ class EngineName(click.ParamType):
 
     name = "engine"
 
-    def get_metavar(self, param: click.Parameter, *args: Any) -> str:
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:  # click 8.2+ passes ctx=
         from qwenrecipes.engines import ENGINES
 
         return "[" + "|".join(ENGINES) + "]"

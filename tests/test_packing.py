@@ -101,9 +101,9 @@ def test_engine_without_a_packed_path_is_refused(tmp_path: Path) -> None:
         render_plan(plan, "unsloth")
 
 
-def test_text_handoff_cannot_pack(tmp_path: Path) -> None:
-    with pytest.raises(RecipeError, match=r"data\.handoff: tokens"):
-        plan_recipe(_packed_recipe(tmp_path, handoff="text"), target="cpu")
+def test_text_handoff_leaves_packing_to_each_engine_with_a_warning(tmp_path: Path) -> None:
+    plan = plan_recipe(_packed_recipe(tmp_path, handoff="text"), target="cpu")
+    assert plan.packing is None and any("own packer" in w for w in plan.warnings)
 
 
 @pytest.mark.engine

@@ -186,6 +186,10 @@ class BaseEngine:
     log_keys: Mapping[str, str] = MappingProxyType({})
     console_modules: Mapping[str, str] = MappingProxyType({})
     notes: Mapping[str, str] = MappingProxyType({})
+    # Why the engine cannot train qwenrecipes' bins as given (packing_problems); one that can overrides
+    # packing_problems and packed_row instead.
+    packing_refused: str = "no path is known that trains rows packed by qwenrecipes (input_ids, labels, per-row " \
+                           "position ids) with the engine's own packer off"
 
     @property
     def folder(self) -> Traversable:
@@ -221,10 +225,9 @@ class BaseEngine:
         return "tokens" if plan.token_handoff else "text"
 
     def packing_problems(self, plan: Plan) -> list[tuple[str, str]]:
-        if not plan.recipe.data["packing"]:
+        if plan.packing is None:  # no packing, or the text handoff's engine packing (warned by the plan)
             return []
-        return [("data.packing", f"{self.name} has no path for rows packed by qwenrecipes (input_ids, labels and "
-                                 "per-row position ids): set packing: false for it")]
+        return [("data.packing", f"{self.packing_refused}: set packing: false for it")]
 
     def packed_row(self, row: PackedRow) -> dict[str, Any]:
         # No attention_mask: transformers derives the per-row mask from position_ids only when none is passed.

@@ -302,10 +302,14 @@ def make_plan(recipe: Recipe, *, target: str | None = None) -> Plan:
                       f"{world} = gpus x nodes) is larger "
                       f"than the {units} {unit}: "
                       "lower micro_batch_size or gradient_accumulation_steps"))
-    if max_steps is None and train_rows is not None and units:
+    if data["packing"] and packing is None and train_rows is not None:
+        warnings.append("data.packing with data.handoff: text: each engine packs with its own packer, so bins and "
+                        "step counts differ between engines (data.handoff: tokens packs once for all of them)")
+    elif max_steps is None and train_rows is not None and units:
         max_steps = max(1, math.ceil(units * training["epochs"] / per_step))
     if max_steps is None:
-        warnings.append("step count is decided by the engine (hub data): warmup_ratio is passed as a ratio")
+        warnings.append("step count is decided by the engine (hub data or its own packing): "
+                        "warmup_ratio is passed as a ratio")
 
     warmup = training["warmup_steps"] or 0
     if training.get("warmup_ratio") is not None:
@@ -335,9 +339,8 @@ def _pack(recipe: Recipe, train_rows: list[Any] | None, eval_rows: list[Any] | N
     if train_rows is None or not local_eval:
         return None, ("data.packing", "qwenrecipes packs the rows it read itself, so every engine trains the same "
                                       "bins: download the hub dataset to a local file, or set packing: false")
-    if data.get("handoff", "tokens") != "tokens":
-        return None, ("data.packing", "packed rows reach the engines as input_ids + labels + position ids: "
-                                      "packing needs data.handoff: tokens")
+    if data.get("handoff", "tokens") != "tokens":  # the text handoff leaves packing to each engine (warned)
+        return None, None
     if not train_rows:
         return None, None
     from qwenrecipes.data.packing import pack

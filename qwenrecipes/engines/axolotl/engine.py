@@ -74,6 +74,11 @@ class AxolotlEngine(BaseEngine):
     name = "axolotl"
     main_file = MAIN_FILE
     notes = NOTES
+    # Checked against axolotl 0.19.0 / transformers 5.16.1 (docs/equivalence.md, Packing).
+    packing_refused = ("its pre-tokenized path needs an attention_mask column and its collator hands that 2-D mask "
+                       "to the model, and transformers derives per-row attention from position ids only without "
+                       "one: the rows of a bin would attend to each other; per-row masks come only with its own "
+                       "multipack sampler (sample_packing), which re-bins the rows")
     env = EnvSpec("axolotl", ("axolotl.cli.main", "axolotl.train"))
     supports_liger = True
     # Measured (H200, Qwen3-4B, seq 2048 x 4, LoRA r=16): 23.3 GiB ckpt on, 69.7 off, 52.5 off + LoRA kernels,

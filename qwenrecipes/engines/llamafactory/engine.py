@@ -76,6 +76,11 @@ class LlamaFactoryEngine(BaseEngine):
     name = "llamafactory"
     main_file = MAIN_FILE
     notes = NOTES
+    # Checked against LLaMA-Factory 0.9.5 (docs/equivalence.md, Packing).
+    packing_refused = ("its SFT collator pads input_ids, attention_mask and labels only (transformers' "
+                       "DataCollatorForSeq2Seq through tokenizer.pad), so no position_ids column reaches the model, "
+                       "and its per-row mask (neat_packing: a block-diagonal 4-D mask, data/collator.py) comes with "
+                       "its own packer, which re-bins the rows")
     # It refuses to import when transformers/peft/trl differ from its own (narrow) version list.
     env = EnvSpec("llamafactory", ("llamafactory.train.tuner",), health_env={"DISABLE_VERSION_CHECK": "1"})
     supports_liger = True

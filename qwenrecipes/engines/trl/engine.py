@@ -150,11 +150,12 @@ def _sections(plan: Plan, tokens: bool) -> dict[str, dict[str, Any]]:
         "max_length": data["max_seq_length"],
         "truncation_mode": "keep_start",  # never reached: rows over max_length were dropped by qwenrecipes
         # data.packing: one line per qwenrecipes bin with its seq_lengths; TRL's packer off, its padding-free
-        # collator makes per-row position ids and no attention mask (data/packing.py).
-        "packing": False,
-        "packing_strategy": "bfd",  # unused: TRL's packer is off
+        # collator makes per-row position ids and no attention mask (data/packing.py). Under the text handoff
+        # TRL packs itself (bfd: best-fit decreasing, never splits a row; implies padding_free).
+        "packing": data["packing"] and plan.packing is None,
+        "packing_strategy": "bfd",
         "padding_free": data["packing"],
-        "eval_packing": False,
+        "eval_packing": data["packing"] and plan.packing is None,
         # qwenrecipes already shuffled once with the recipe seed: read rows in that order, every epoch.
         "shuffle_dataset": False,
         "train_sampling_strategy": "sequential",

@@ -192,6 +192,10 @@ class UnslothEngine(BaseEngine):
     name = "unsloth"
     main_file = SCRIPT_FILE
     notes = NOTES
+    # Checked against unsloth 2026.10.9 / trl 1.15.0 (docs/equivalence.md, Packing).
+    packing_refused = ("its CPU backend forces padding-free batches off (so a bin's rows would attend to each other) "
+                       "and its CUDA path patches TRL's collator and attention in ways not yet verified to keep "
+                       "the rows of a bin apart")
     # 2026.10.9 imports on a host without a GPU (its CPU backend); that host installs lock-cpu.txt (run/envs.py).
     env = EnvSpec("unsloth", ("unsloth:FastLanguageModel",))
     # Liger stays off: Unsloth patches the same ops with its own fused kernels.

@@ -28,10 +28,14 @@ def target_for(recipe: Path) -> str:
 
 
 def tiny_plan(changes: dict[str, dict[str, Any]], target: str = "cuda") -> Plan:
-    """tiny-cpu with sections overridden key by key (datasets stay relative to recipes/)."""
+    """tiny-cpu with sections overridden key by key (datasets stay relative to recipes/). The engines' render tests
+    assert their own text path: data.handoff text unless a change says otherwise (the token handoff, the default
+    of a recipe, is tested by tests/test_handoff.py, the goldens and the engine runs)."""
     document = copy.deepcopy(load_recipe_document(TINY))
     for section, values in changes.items():
         document.setdefault(section, {}).update(values)
+    if not document["data"].get("packing"):  # qwenrecipes' packing needs the token handoff
+        document["data"].setdefault("handoff", "text")
     return make_plan(build_recipe(document, TINY), target=target)
 
 

@@ -12,13 +12,13 @@ import yaml
 from qwenrecipes.engines.llamafactory.engine import ENGINE, LOSS_MASK_LF
 from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ALL, THINK_INLINE, TRUNCATION_NONE
 from qwenrecipes.recipe.load import ALL_LINEAR
-from qwenrecipes.recipe.plan import Plan, plan_recipe
-from tests.conftest import TINY, render_resolved, tiny_plan
+from qwenrecipes.recipe.plan import Plan
+from tests.conftest import render_resolved, tiny_plan
 
 
 @pytest.fixture(scope="module")
 def cpu_plan() -> Plan:
-    return plan_recipe(TINY, target="cpu")
+    return tiny_plan({}, target="cpu")  # the text handoff (conftest)
 
 
 @pytest.fixture(scope="module")

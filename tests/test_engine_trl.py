@@ -20,8 +20,8 @@ from qwenrecipes.recipe.concepts import (
     THINK_INLINE,
     TRUNCATION_NONE,
 )
-from qwenrecipes.recipe.plan import Plan, plan_recipe
-from tests.conftest import TINY, cuda_plan, render_resolved
+from qwenrecipes.recipe.plan import Plan
+from tests.conftest import cuda_plan, render_resolved, tiny_plan
 
 # The TrlParser dataclass fields of trl 1.9.0 we may write (ScriptArguments, SFTConfig/TrainingArguments,
 # ModelConfig, DatasetMixtureConfig). A key outside this set would make TrlParser fail.
@@ -44,7 +44,7 @@ KNOWN_KEYS = {
 
 @pytest.fixture(scope="module")
 def cpu_plan() -> Plan:
-    return plan_recipe(TINY, target="cpu")
+    return tiny_plan({}, target="cpu")  # the text handoff (conftest)
 
 
 def config_of(plan: Plan) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def test_qlora_cuda_quantization_explicit() -> None:
 
 
 def test_lora_cuda_eval_and_all_tokens() -> None:
-    plan = cuda_plan(data={"train_on": "all", "val_fraction": 0.1}, training={"eval_steps": 5})
+    plan = cuda_plan(data={"train_on": "all", "val_fraction": 0.1, "handoff": "tokens"}, training={"eval_steps": 5})
     text = script_of(plan)
     c = calls(text)
     assert "train_on_responses_only" not in c

@@ -141,3 +141,24 @@ def test_packed_row_losses_equal_separate_rows(tmp_path: Path) -> None:
             offset += len(row_losses)
         assert offset == len(got["packed"]) and compared > 100
         assert control_gap > 1e-3, f"{impl}: the all-ones mask control should attend across rows"
+
+
+def test_lmsys_lengths_follow_the_fitted_lognormal() -> None:
+    from qwenrecipes.data.lengths import LMSYS_MEAN_TOKENS, SHORTEST, lmsys_lengths
+
+    lengths = lmsys_lengths(20000, 4096, seed=0)
+    assert lengths == lmsys_lengths(20000, 4096, seed=0)
+    assert min(lengths) >= SHORTEST and max(lengths) <= 4096
+    median = sorted(lengths)[len(lengths) // 2]
+    assert abs(median - LMSYS_MEAN_TOKENS / math.exp(0.5)) < 25  # lognormal median = mean / e^(sigma^2/2)
+    # Realistic chat lengths leave most of an unpacked micro-batch padding; bins are nearly full.
+    assert padding_fraction(lengths, 4) > 0.4
+    assert len(best_fit_decreasing(lengths, 4096, seed=0)) <= math.ceil(sum(lengths) / 4096) * 1.02
+
+
+def test_synthetic_rows_of_given_lengths() -> None:
+    from qwenrecipes.data.prepare import chatml_text, token_lengths
+    from qwenrecipes.data.synthetic import synthetic_chatml_rows
+
+    rows = synthetic_chatml_rows(3, [24, 100, 333], seed=0)
+    assert token_lengths([chatml_text(r["messages"]) for r in rows]) == [24, 100, 333]

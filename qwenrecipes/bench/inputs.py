@@ -118,16 +118,31 @@ def materialize_weights(model_dir: Path, python: str, env: dict[str, str], timeo
 
 
 def synthetic_data(spec: str, out_dir: Path, seed: int = 0) -> Path:
-    """``96x2048`` -> out_dir/data/synthetic-96x2048-s0.jsonl: exact-length ChatML rows (real Qwen3 tokenizer)."""
-    match = re.fullmatch(r"(\d+)x(\d+)", spec.strip())
+    """``96x2048`` -> out_dir/data/synthetic-96x2048-s0.jsonl: exact-length ChatML rows (real Qwen3 tokenizer);
+    ``4000xlmsys:4096``: row lengths drawn from a lognormal fitted to LMSYS-Chat-1M, at most 4096 tokens
+    (data/lengths.py: the source and the numbers)."""
+    match = re.fullmatch(r"(\d+)x(?:(\d+)|lmsys:(\d+))", spec.strip())
     if not match:
-        raise QwenRecipesError(f"--synthetic-data {spec!r}: expected ROWSxTOKENS, e.g. 96x2048")
-    rows, tokens = int(match.group(1)), int(match.group(2))
-    path = out_dir / "data" / f"synthetic-{rows}x{tokens}-s{seed}.jsonl"
+        raise QwenRecipesError(f"--synthetic-data {spec!r}: expected ROWSxTOKENS (e.g. 96x2048) or "
+                               "ROWSxlmsys:MAX_TOKENS (e.g. 4000xlmsys:4096, realistic chat lengths)")
+    rows = int(match.group(1))
+    lengths: int | list[int]
+    if match.group(2):
+        lengths = int(match.group(2))
+        path = out_dir / "data" / f"synthetic-{rows}x{lengths}-s{seed}.jsonl"
+    else:
+        from qwenrecipes.data.lengths import lmsys_lengths
+
+        cap = int(match.group(3))
+        try:
+            lengths = lmsys_lengths(rows, cap, seed)
+        except ValueError as exc:
+            raise QwenRecipesError(f"--synthetic-data {spec!r}: {exc}") from None
+        path = out_dir / "data" / f"synthetic-{rows}xlmsys{cap}-s{seed}.jsonl"
     if not path.is_file():
         from qwenrecipes.data.synthetic import synthetic_chatml_rows, write_jsonl
 
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        write_jsonl(tmp, synthetic_chatml_rows(rows, tokens, seed))
+        write_jsonl(tmp, synthetic_chatml_rows(rows, lengths, seed))
         os.replace(tmp, path)
     return path

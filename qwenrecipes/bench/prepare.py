@@ -63,6 +63,30 @@ def step_token_counts(stream: list[list[dict[str, str]]], per_step: int, steps: 
     return per_input, per_supervised
 
 
+def packed_step_counts(plan: Any, steps: int) -> tuple[list[int], list[int], float]:
+    """Packed plans: input and supervised tokens of each step's bins (labels as handed to the engines, each
+    row's first token unlabelled), and the padding share, 0 for the padding-free path the bins take."""
+    from qwenrecipes.data.packing import packed_row
+
+    per_step, bins = plan.effective_batch, plan.bin_stream or []
+    if len(bins) < per_step * steps:
+        raise QwenRecipesError(f"the data packs into {len(bins)} bins in training order, fewer than the "
+                               f"{per_step * steps} that {steps} steps of {per_step} need")
+    rows = [packed_row(plan.packing.tokens, members) for members in bins[:per_step * steps]]
+    inputs = [len(r.input_ids) for r in rows]
+    trained = [sum(1 for label in r.labels if label != -100) for r in rows]
+    return ([sum(inputs[k * per_step:(k + 1) * per_step]) for k in range(steps)],
+            [sum(trained[k * per_step:(k + 1) * per_step]) for k in range(steps)], 0.0)
+
+
+def unpacked_padding(rows: list[list[dict[str, str]]], micro_batch: int) -> float:
+    """Padding share of unpacked training: each micro-batch padded to its longest row (dynamic padding)."""
+    from qwenrecipes.data.packing import padding_fraction
+    from qwenrecipes.data.prepare import chatml_text, token_lengths
+
+    return round(padding_fraction(token_lengths([chatml_text(row) for row in rows]), micro_batch), 4)
+
+
 BENCH_FORCED: dict[str, Any] = {
     "training.logging_steps": 1,
     "training.save_steps": None,
@@ -141,8 +165,13 @@ def prepare_point(recipe_path: Path, engine: str, label: str, out_dir: Path, *, 
         "memory": resolved.memory,
     }
     per_step = plan.effective_batch
-    stream = plan.train_stream or []
-    tokens, supervised = step_token_counts(stream, per_step, steps)
+    if plan.packing is not None:  # a step is effective_batch bins (data/packing.py)
+        tokens, supervised, info["padding_fraction"] = packed_step_counts(plan, steps)
+        info["bin_fill_pct"] = plan.packing.summary()["mean_fill_pct"]
+    else:
+        stream = plan.train_stream or []
+        tokens, supervised = step_token_counts(stream, per_step, steps)
+        info["padding_fraction"] = unpacked_padding(stream[:per_step * steps], training["micro_batch_size"])
     fairness = list(FAIRNESS_COMMON)
     try:
         rendered = render_plan(resolved, engine)  # resolved once: render_plan keeps an already resolved plan

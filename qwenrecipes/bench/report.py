@@ -104,9 +104,10 @@ def report_markdown(rows: list[dict[str, Any]], plots: list[str]) -> str:
     if any(r.get("loss_meaningful") is False for r in rows):
         lines.append("The model is random-init with the real architecture and tokenizer: speed and memory are the "
                      "real model's, **loss values are not meaningful**.")
-    lines += ["", "| engine | setting | method | seq | mb×ga | ckpt | tokens/s | vs TRL | step p50 s | step p95 s | "
-              "peak GiB (torch) | peak GiB (NVML) | loss first→last | held-out loss | status |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| engine | setting | method | seq | mb×ga | ckpt | tokens/s | supervised tok/s | padding | vs TRL | "
+              "step p50 s | step p95 s | peak GiB (torch) | peak GiB (NVML) | loss first→last | held-out loss | "
+              "status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = _baseline_for(r, rows)
         ratio = (f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base and finite(r.get("tokens_per_s"))
@@ -119,7 +120,8 @@ def report_markdown(rows: list[dict[str, Any]], plots: list[str]) -> str:
         lines.append(
             f"| {r.get('engine')} {_fmt(r.get('engine_version'))} | {r.get('label')} | {r.get('method')} | "
             f"{r.get('seq_len')} | {r.get('micro_batch')}×{r.get('grad_accum')} | "
-            f"{_fmt(r.get('gradient_checkpointing'))} | {_fmt(r.get('tokens_per_s'))} | {ratio} | "
+            f"{_fmt(r.get('gradient_checkpointing'))} | {_fmt(r.get('tokens_per_s'))} | "
+            f"{_fmt(r.get('supervised_tokens_per_s'))} | {_padding(r)} | {ratio} | "
             f"{_fmt(r.get('step_time_p50'), 3)} | {_fmt(r.get('step_time_p95'), 3)} | "
             f"{_fmt(r.get('peak_vram_torch_allocated_gib') or r.get('peak_vram_gb'), 1)} | "
             f"{_fmt(r.get('peak_vram_nvml_gib'), 1)} | {_fmt(r.get('loss_first'), 3)}→{_fmt(r.get('loss_last'), 3)} | "
@@ -156,6 +158,13 @@ def report_markdown(rows: list[dict[str, Any]], plots: list[str]) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _padding(row: dict[str, Any]) -> str:
+    """Padding share of the positions computed; packed rows also show how full qwenrecipes' bins are."""
+    value = row.get("padding_fraction")
+    text = f"{100 * value:.1f}%" if finite(value) else "—"
+    return f"{text} (bins {row['bin_fill_pct']:.0f}% full)" if finite(row.get("bin_fill_pct")) else text
 
 
 def _gpu_memory(row: dict[str, Any]) -> float:

@@ -34,7 +34,8 @@ def _echo(message: str) -> None:
 @click.option("--model", default=None,
               help="random:qwen3-4b (random-init real architecture + real tokenizer) or a model folder.")
 @click.option("--synthetic-data", default=None, metavar="ROWSxTOKENS",
-              help="Exact-length synthetic ChatML rows, e.g. 96x2048 (replaces data.train).")
+              help="Exact-length synthetic ChatML rows, e.g. 96x2048, or realistic chat lengths (lognormal fitted "
+                   "to LMSYS-Chat-1M, capped), e.g. 4000xlmsys:4096 (replaces data.train).")
 @click.option("--python", "python", default=None,
               help="Run engines with this interpreter and --pythonpath bundles instead of their venvs.")
 @click.option("--pythonpath", multiple=True, help="Bundle site folder for --python (repeatable).")

@@ -226,8 +226,9 @@ _FILLER: tuple[str, ...] = (
 _TOPICS = ("rivers", "mountains", "cities", "forests", "oceans", "deserts", "islands", "gardens")
 
 
-def synthetic_chatml_rows(n_rows: int, n_tokens: int, seed: int) -> list[dict[str, Any]]:
-    """``n_rows`` user+assistant conversations, each exactly ``n_tokens`` Qwen3 tokens under plain ChatML.
+def synthetic_chatml_rows(n_rows: int, n_tokens: int | Sequence[int], seed: int) -> list[dict[str, Any]]:
+    """``n_rows`` user+assistant conversations, each exactly ``n_tokens`` Qwen3 tokens under plain ChatML (or
+    ``n_tokens[i]`` for row i: a length distribution, data/lengths.py).
 
     Used by benchmarks so every engine sees identical, fixed-length sequences (at least 24 tokens).
     The assistant text is padded with words that are single tokens after a space: byte-level BPE never
@@ -245,22 +246,23 @@ def synthetic_chatml_rows(n_rows: int, n_tokens: int, seed: int) -> list[dict[st
     topics = [t for t in _TOPICS if count(" " + t) == 1]
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
-    for _ in range(n_rows):
+    targets = [n_tokens] * n_rows if isinstance(n_tokens, int) else list(n_tokens)[:n_rows]
+    for target in targets:
         topic = rng.choice(topics)
         user = f"Write a long paragraph about {topic}."
         head = f"Here is a paragraph about {topic}."
         shortest = [{"role": "user", "content": user}, {"role": "assistant", "content": head}]
         base = count(render_chatml(shortest))
-        if n_tokens < base:
-            raise QwenRecipesError(f"n_tokens={n_tokens} is below the shortest possible row ({base} tokens)")
+        if target < base:
+            raise QwenRecipesError(f"target={target} is below the shortest possible row ({base} tokens)")
         words = [head]
-        for i in range(n_tokens - base):
+        for i in range(target - base):
             # A full stop every ~12 words keeps it looking like prose; "." is its own token too.
             words.append("." if i % 12 == 11 and words[-1] != "." else " " + rng.choice(fillers))
         messages = [{"role": "user", "content": user}, {"role": "assistant", "content": "".join(words)}]
         actual = count(render_chatml(messages))
-        if actual != n_tokens:  # guards the one-token-per-word argument above
-            raise QwenRecipesError(f"internal error: synthetic row has {actual} tokens, wanted {n_tokens}")
+        if actual != target:  # guards the one-token-per-word argument above
+            raise QwenRecipesError(f"internal error: synthetic row has {actual} tokens, wanted {target}")
         rows.append({"messages": messages})
     return rows
 

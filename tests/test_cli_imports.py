@@ -22,7 +22,9 @@ RECIPE = RECIPES / "qwen3-4b-qlora.yaml"
 # Modules no recipe-to-config command needs: third-party heavyweights, and qwenrecipes' run/env/export side.
 HEAVY = ["jsonschema", "numpy", "matplotlib", "tqdm", "rich", "tokenizers", "safetensors", "torch", "transformers",
          "importlib.metadata", "pyarrow"]
-UNRELATED = ["qwenrecipes.run.envs", "qwenrecipes.run.events", "qwenrecipes.run.runner", "qwenrecipes.run.spec",
+UNRELATED = ["qwenrecipes.run.envs", "qwenrecipes.run.env_locks", "qwenrecipes.run.env_health",
+             "qwenrecipes.run.env_install", "qwenrecipes.run.env_doctor", "qwenrecipes.run.events",
+             "qwenrecipes.run.runner", "qwenrecipes.run.spec",
              "qwenrecipes.run.rundir", "qwenrecipes.run.supervisor", "qwenrecipes.run.procgroup",
              "qwenrecipes.run.summary", "qwenrecipes.check.tokens", "qwenrecipes.bench", "qwenrecipes.export",
              "qwenrecipes.run.compare", "qwenrecipes.run.runs", "qwenrecipes.check.native", "qwenrecipes.data.tiny",

@@ -1,4 +1,4 @@
-"""Per-engine virtualenvs (qwenrecipes.run.envs, cli_env).
+"""Per-engine virtualenvs (qwenrecipes.run.env_locks, envs, env_health, env_install, env_doctor; cli/env.py).
 
 The unit tests are fast and offline: they use fake lock files and fake env folders. The one test that
 runs pip points it at an empty local wheel folder with no index, so it fails in a second without network.
@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from qwenrecipes.cli.env import env as env_cli
 from qwenrecipes.errors import EngineError, QwenRecipesError
-from qwenrecipes.run import envs
+from qwenrecipes.run import env_doctor, env_health, env_install, env_locks, envs
+from qwenrecipes.run.rundir import write_json_atomic
 
 PY_MINOR = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -41,9 +42,9 @@ def fake_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Packaged locks replaced by a folder holding one fake lock per engine."""
     folder = tmp_path / "locks"
     folder.mkdir()
-    for engine in envs.env_names():
+    for engine in env_locks.env_names():
         (folder / f"{engine}.txt").write_text(FAKE_LOCK, encoding="utf-8")
-    monkeypatch.setattr(envs, "_lock_resource", lambda engine: folder / f"{engine}.txt")
+    monkeypatch.setattr(env_locks, "_lock_resource", lambda engine: folder / f"{engine}.txt")
     return folder
 
 
@@ -60,17 +61,17 @@ def _fake_env(root: Path, name: str, *, engine: str = "trl", marker: bool = True
 
 
 def _current_name(engine: str = "trl") -> str:
-    return f"{engine}-{envs.env_hash(envs.load_lock(engine).text, PY_MINOR)}"
+    return f"{engine}-{env_locks.env_hash(env_locks.load_lock(engine).text, PY_MINOR)}"
 
 
 # ------------------------------------------------------------------------------------------- hashing
 
 
 def test_hash_changes_with_lock_content_and_python() -> None:
-    base = envs.env_hash("a==1\n", "3.11")
-    assert base == envs.env_hash("a==1\n", "3.11")  # stable
-    assert base != envs.env_hash("a==2\n", "3.11")
-    assert base != envs.env_hash("a==1\n", "3.12")
+    base = env_locks.env_hash("a==1\n", "3.11")
+    assert base == env_locks.env_hash("a==1\n", "3.11")  # stable
+    assert base != env_locks.env_hash("a==2\n", "3.11")
+    assert base != env_locks.env_hash("a==1\n", "3.12")
     assert len(base) == 12
 
 
@@ -87,9 +88,9 @@ def test_changed_lock_makes_a_new_env_and_the_old_one_stale(root: Path, fake_loc
 # -------------------------------------------------------------------------------------------- locks
 
 
-@pytest.mark.parametrize("engine", sorted(envs.env_names()))
+@pytest.mark.parametrize("engine", sorted(env_locks.env_names()))
 def test_packaged_locks_are_full_exact_pins_without_torch(engine: str) -> None:
-    lock = envs.load_lock(engine)
+    lock = env_locks.load_lock(engine)
     assert lock.python == "3.11"
     assert lock.torch_steps and lock.torch_steps[0][0].startswith("torch==")
     assert lock.bootstrap == ("pip==26.3",)
@@ -99,12 +100,12 @@ def test_packaged_locks_are_full_exact_pins_without_torch(engine: str) -> None:
         assert sep and version and " " not in req, req
         names.add(name.lower().replace("_", "-"))
     assert not names & {"torch", "torchvision", "torchaudio"}  # torch is its own step
-    assert envs.env_spec(engine).package in names
+    assert env_locks.env_spec(engine).package in names
     assert "setuptools" in names  # pip freeze leaves it out; the locks add it back
 
 
 def test_parse_lock_directives() -> None:
-    lock = envs.parse_lock(
+    lock = env_locks.parse_lock(
         "llamafactory",
         "# python: 3.11\n# bootstrap: pip==26.3\n# torch: torch==2.9.1 torchvision==0.24.1\n"
         "# torch: torchaudio==2.9.1\n# other comment\n\na==1\nb==2\n",
@@ -114,12 +115,12 @@ def test_parse_lock_directives() -> None:
     assert lock.torch_steps == (("torch==2.9.1", "torchvision==0.24.1"), ("torchaudio==2.9.1",))
     assert lock.requirements == ("a==1", "b==2")
     with pytest.raises(EngineError, match="python"):
-        envs.parse_lock("trl", "a==1\n")
+        env_locks.parse_lock("trl", "a==1\n")
 
 
 def test_unknown_engine_is_an_engine_error() -> None:
     with pytest.raises(EngineError, match="unknown engine"):
-        envs.load_lock("nope")
+        env_locks.load_lock("nope")
 
 
 def test_env_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,11 +145,11 @@ def test_base_environment_turns_telemetry_off() -> None:
 
 def test_marker_written_atomically(tmp_path: Path) -> None:
     target = tmp_path / envs.MARKER
-    envs._write_json_atomic(target, {"engine": "trl"})
+    write_json_atomic(target, {"engine": "trl"})
     assert json.loads(target.read_text()) == {"engine": "trl"}
     # A write that fails half-way (unserialisable value) leaves the old marker whole and no temp file.
     with pytest.raises(TypeError):
-        envs._write_json_atomic(target, {"engine": object()})
+        write_json_atomic(target, {"engine": object()})
     assert json.loads(target.read_text()) == {"engine": "trl"}
     assert [p.name for p in tmp_path.iterdir()] == [envs.MARKER]
 
@@ -183,7 +184,7 @@ def test_list_env_for_and_remove(root: Path, fake_locks: Path) -> None:
 
 def test_remove_refuses_while_an_install_holds_the_lock(root: Path, fake_locks: Path) -> None:
     _fake_env(root, _current_name())
-    with envs._engine_lock(root, "trl", envs._no_progress), pytest.raises(EngineError, match="installing trl"):
+    with envs.engine_lock(root, "trl"), pytest.raises(EngineError, match="installing trl"):
         envs.remove_env("trl")
 
 
@@ -201,9 +202,9 @@ def test_install_is_a_noop_when_healthy(root: Path, fake_locks: Path, monkeypatc
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("must not build")
 
-    monkeypatch.setattr(envs, "_build", boom)
+    monkeypatch.setattr(env_install, "_build", boom)
     messages: list[str] = []
-    result = envs.install_env("trl", progress=lambda stage, msg: messages.append(msg))
+    result = env_install.install_env("trl", progress=lambda stage, msg: messages.append(msg))
     assert not result.created
     assert result.env.path == current
     assert any(str(current) in m for m in messages)
@@ -220,7 +221,7 @@ def test_failing_install_removes_the_half_built_env(
     monkeypatch.setenv("QWENRECIPES_INSTALLER", "pip")
     stages: list[str] = []
     with pytest.raises(EngineError) as info:
-        envs.install_env("trl", progress=lambda stage, msg: stages.append(stage))
+        env_install.install_env("trl", progress=lambda stage, msg: stages.append(stage))
     message = str(info.value)
     assert "installing the trl environment failed" in message
     assert "qwenrecipes-no-such-package" in message  # pip's own words make it into the error
@@ -241,9 +242,9 @@ def test_interrupted_install_removes_the_build_folder(
         seen.append(build)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(envs, "_build", interrupted)
+    monkeypatch.setattr(env_install, "_build", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        envs.install_env("trl")
+        env_install.install_env("trl")
     assert seen and not seen[0].exists()
     assert not any(p.name.startswith(("trl-", ".build-")) for p in root.iterdir())
 
@@ -255,7 +256,7 @@ def test_relocate_scripts_rewrites_shebangs(tmp_path: Path) -> None:
     script.write_text(f"#!{build}/bin/python\nimport sys\n")
     script.chmod(0o755)
     (build / "pyvenv.cfg").write_text(f"home = /usr/bin\ncommand = python -m venv {build}\n")
-    envs._relocate_scripts(build, final)
+    env_install._relocate_scripts(build, final)
     assert script.read_text().startswith(f"#!{final}/bin/python\n")
     assert os.access(script, os.X_OK)
     assert str(final) in (build / "pyvenv.cfg").read_text()
@@ -265,7 +266,7 @@ def test_relocate_scripts_rewrites_shebangs(tmp_path: Path) -> None:
 
 
 def test_doctor_on_missing_env_names_the_fix(root: Path) -> None:
-    report = envs.doctor("llamafactory")
+    report = env_doctor.doctor("llamafactory")
     assert not report.ok and not report.installed
     assert report.fix is not None and "install llamafactory" in report.fix
     assert any("not installed" in p for p in report.problems)
@@ -274,12 +275,12 @@ def test_doctor_on_missing_env_names_the_fix(root: Path) -> None:
 def test_doctor_without_override_prints_the_plain_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QWENRECIPES_ENV_DIR", raising=False)
     monkeypatch.setenv("QWENRECIPES_HOME", str(tmp_path))
-    assert envs.doctor("axolotl").fix == "qwenrecipes env install axolotl"
+    assert env_doctor.doctor("axolotl").fix == "qwenrecipes env install axolotl"
 
 
 def test_doctor_on_incomplete_env(root: Path, fake_locks: Path) -> None:
     _fake_env(root, _current_name(), marker=False)
-    report = envs.doctor("trl")
+    report = env_doctor.doctor("trl")
     assert not report.ok
     assert any("did not finish" in p for p in report.problems)
 
@@ -309,10 +310,10 @@ def test_installed_default_env_is_healthy(engine: str) -> None:
         found = envs.env_for(engine)
     except EngineError:
         pytest.skip(f"no {engine} env installed: `qwenrecipes env install {engine}`")
-    health = envs.check_health(engine, found.path)
+    health = env_health.check_health(engine, found.path)
     assert health.status == "ok", health.message
-    pins = dict(r.split("==", 1) for r in envs.load_lock(engine).requirements)
-    assert health.versions["engine"] == pins[envs.env_spec(engine).package]
+    pins = dict(r.split("==", 1) for r in env_locks.load_lock(engine).requirements)
+    assert health.versions["engine"] == pins[env_locks.env_spec(engine).package]
     for dist in ("transformers", "peft"):
         assert health.versions[dist] == pins[dist]
-    assert health.versions["python"].startswith(envs.load_lock(engine).python)
+    assert health.versions["python"].startswith(env_locks.load_lock(engine).python)

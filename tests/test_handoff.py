@@ -17,7 +17,7 @@ from qwenrecipes.engines import ENGINES
 from qwenrecipes.recipe.plan import TRAIN_FILE, TRAIN_TOKENS_FILE, plan_recipe
 from qwenrecipes.render.explain import explain_plan
 from qwenrecipes.render.folder import render_plan, write_rendered
-from qwenrecipes.run import envs
+from qwenrecipes.run import env_install, env_locks
 from tests.conftest import RECIPES
 
 TINY = RECIPES / "tiny-cpu.yaml"
@@ -90,20 +90,20 @@ def test_unsloth_cpu_render_says_what_its_cpu_backend_changes() -> None:
 
 
 def test_pip_check_ignore_directive() -> None:
-    lock = envs.parse_lock("unsloth", "# python: 3.11\n# pip-check-ignore: unsloth unsloth_zoo\nx==1\n")
+    lock = env_locks.parse_lock("unsloth", "# python: 3.11\n# pip-check-ignore: unsloth unsloth_zoo\nx==1\n")
     assert lock.pip_check_ignore == ("unsloth", "unsloth_zoo")
     output = ("unsloth 2026.10.9 requires triton, which is not installed.\n"
               "unsloth-zoo 2026.10.9 requires torchvision, which is not installed.\n"
               "peft 0.21.2 requires torch, which is not installed.\n")
-    assert envs.pip_check_failures(output, lock.pip_check_ignore) == [
+    assert env_install.pip_check_failures(output, lock.pip_check_ignore) == [
         "peft 0.21.2 requires torch, which is not installed."]
-    assert envs.parse_lock("trl", "# python: 3.11\nx==1\n").pip_check_ignore == ()
+    assert env_locks.parse_lock("trl", "# python: 3.11\nx==1\n").pip_check_ignore == ()
 
 
 def test_cpu_lock_is_chosen_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(envs.LOCK_VARIANT_VARIABLE, "cpu")
-    cpu = envs.load_lock("unsloth")
+    monkeypatch.setenv(env_locks.LOCK_VARIANT_VARIABLE, "cpu")
+    cpu = env_locks.load_lock("unsloth")
     assert "torch==2.13.0" in cpu.torch_steps[0] and cpu.pip_check_ignore
-    monkeypatch.setenv(envs.LOCK_VARIANT_VARIABLE, "gpu")
-    assert not envs.load_lock("unsloth").pip_check_ignore
-    assert envs.load_lock("trl").requirements  # an engine with one lock uses it on every host
+    monkeypatch.setenv(env_locks.LOCK_VARIANT_VARIABLE, "gpu")
+    assert not env_locks.load_lock("unsloth").pip_check_ignore
+    assert env_locks.load_lock("trl").requirements  # an engine with one lock uses it on every host

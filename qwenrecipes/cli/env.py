@@ -1,4 +1,4 @@
-"""`qwenrecipes env ...`: thin Click wrappers over qwenrecipes.run.envs (per-engine virtualenvs).
+"""`qwenrecipes env ...`: thin Click wrappers over the per-engine virtualenvs (qwenrecipes.run.env*).
 
 Each subcommand parses options, calls one library function and prints with rich; errors are
 EngineError, which cli.main maps to exit code 2.
@@ -13,9 +13,9 @@ from typing import Any
 import click
 
 from qwenrecipes.cli.common import make_console
-from qwenrecipes.run import envs
+from qwenrecipes.run import env_doctor, env_install, env_locks, envs
 
-ENGINE_CHOICE = click.Choice(sorted(envs.env_names()))
+ENGINE_CHOICE = click.Choice(sorted(env_locks.env_names()))
 
 
 def _console() -> Any:
@@ -51,7 +51,7 @@ def install(ctx: click.Context, engines: tuple[str, ...], force: bool, python: s
     console = _console()
     for engine in dict.fromkeys(engines):  # keep order, drop repeats
         with console.status(f"[bold]{engine}[/]: starting") as status:
-            result = envs.install_env(
+            result = env_install.install_env(
                 engine,
                 env_dir=_env_dir(ctx),
                 python=python,
@@ -143,9 +143,9 @@ def doctor(ctx: click.Context, engine: str | None) -> None:
 
     console = _console()
     failed = False
-    for name in [engine] if engine else sorted(envs.env_names()):
+    for name in [engine] if engine else sorted(env_locks.env_names()):
         with console.status(f"checking {name} (imports the engine: can take a minute)"):
-            report = envs.doctor(name, env_dir=_env_dir(ctx))
+            report = env_doctor.doctor(name, env_dir=_env_dir(ctx))
         never_installed = not report.installed and report.problems[:1] != [] and \
             report.problems[0].startswith("not installed")
         if engine is None and never_installed:

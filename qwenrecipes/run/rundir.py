@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -113,9 +114,24 @@ def is_empty_run_dir(path: Path) -> bool:
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    """Write JSON so readers see the old file or the whole new one, never half: a temporary file beside it,
+    flushed to disk, then os.replace. A write that fails (an unserialisable value, a full disk) leaves the old
+    file whole and no temporary file behind."""
+    # Not tempfile.mkstemp: its 0600 mode would make summaries and env markers unreadable to others (the umask
+    # decides, as for any file we write).
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(value, handle, indent=2, ensure_ascii=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def find_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:

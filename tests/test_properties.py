@@ -112,7 +112,7 @@ def _output_dir(text: str) -> str:
 
 @st.composite
 def cases(draw: st.DrawFn, workdir: Path) -> Case:
-    # "~user..." model paths are left to test_hardening.py::test_model_path_of_an_unknown_user (plan.py bug).
+    # "~user..." model paths: tests/hardening/test_hostile_files.py::test_model_path_of_an_unknown_user (plan.py bug).
     model = draw(hostile_carried.filter(lambda s: not s.startswith(("builtin:", "~"))))
     output_dir = _output_dir(draw(hostile_carried))
     system, user, answer = draw(hostile), draw(hostile), draw(hostile)

@@ -23,7 +23,7 @@ MAX_LINES = 400
 
 # ----------------------------------------------------------------------------------------- engine names
 
-ENGINE_NAME = re.compile(r"axolotl|llama[-_]?factory|unsloth|\btrl\b", re.IGNORECASE)
+ENGINE_NAME = re.compile(r"axolotl|llama[-_]?factory|unsloth|\btrl\b|\bswift\b", re.IGNORECASE)
 
 # Lines outside qwenrecipes/engines/<name>/ that may name an engine, as (file, text on the line) -> why.
 ALLOWED_MENTIONS: dict[tuple[str, str], str] = {
@@ -32,6 +32,7 @@ ALLOWED_MENTIONS: dict[tuple[str, str], str] = {
     ("engines/__init__.py", '"llamafactory": "qwenrecipes.engines.llamafactory"'): "registry",
     ("engines/__init__.py", '"unsloth": "qwenrecipes.engines.unsloth"'): "registry",
     ("engines/__init__.py", '"trl": "qwenrecipes.engines.trl"'): "registry",
+    ("engines/__init__.py", '"swift": "qwenrecipes.engines.swift"'): "registry",
     ("engines/__init__.py", "`render -e trl`"): "docstring example of a command",
     ("cli/__init__.py", "`render -e trl`"): "docstring example of a command",
     # `qwenrecipes --help`: what the product is, in the user's words.

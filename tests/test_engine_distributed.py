@@ -145,3 +145,31 @@ def test_two_nodes_rendezvous_on_localhost(tmp_path: Path) -> None:
     print(f"trl 2 nodes x 1 process: {time.time() - started:.0f} s")
     assert [node.returncode for node in nodes] == [0, 0], outputs
     assert "'loss'" in outputs[0] and "6/6" in outputs[0]
+
+
+def test_crash_on_one_rank_fails_the_run_with_its_traceback(tmp_path: Path) -> None:
+    """The real torchrun (with the built-in engines' launcher options) over a real gloo group whose rank 1 raises
+    after step 2 (tests/fixtures/rankcrash_engine, a plug-in registered by entry point): `run` ends failed, the
+    summary names rank 1 and carries rank 1's traceback (not torchrun's ChildFailedError), events come from rank
+    0 once, and both ranks' logs are kept."""
+    torchrun = _require("trl").bin_dir / "torchrun"
+    site = tmp_path / "site"
+    dist_info = site / "qr_rankcrash_engine-0.1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: qr-rankcrash-engine\nVersion: 0.1.0\n")
+    (dist_info / "entry_points.txt").write_text("[qwenrecipes.engines]\nrankcrash = qr_rankcrash_engine:ENGINE\n")
+    fixtures = Path(__file__).parent / "fixtures" / "rankcrash_engine"
+    path = os.pathsep.join([str(site), str(fixtures), str(Path(__file__).parent.parent)])
+    run_dir = tmp_path / "crash"
+    started = time.time()
+    proc = _run(DDP, "rankcrash", run_dir, env={**os.environ, "PYTHONPATH": path, "QR_TORCHRUN": str(torchrun)})
+    print(f"torchrun 2 ranks, rank 1 crashing: {time.time() - started:.0f} s")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    error = summary["error"]
+    assert error["rank"] == 1, error
+    assert error["text"].startswith("rank 1:") and "RuntimeError: rank 1 fails on purpose at step 2" in error["text"]
+    assert "ChildFailedError" not in error["text"]
+    assert [s for s, _ in _losses(run_dir)][:2] == [1, 2]  # rank 0's lines, each step once
+    assert {p.parent.name for p in (run_dir / "ranks").rglob("stderr.log")} == {"0", "1"}

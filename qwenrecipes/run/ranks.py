@@ -19,12 +19,20 @@ _ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\)")
 _RANK_LINE = re.compile(r"^\s*rank\s*:\s*(\d+)")
 
 
+# torch.distributed's own excepthook prefixes every line of an uncaught exception with "[rank<N>]: " once a
+# process group exists, inside the launcher's prefix: "[default1]:[rank1]: Traceback (most recent call last):".
+# Without the launcher's tee it stands alone.
+_EXCEPTHOOK = re.compile(r"^\[rank(\d+)\]: ")
+
+
 def split_rank(line: str) -> tuple[int | None, str]:
-    """(rank, the line without its prefix); (None, line) for a launcher line or a tqdm redraw continuation."""
-    match = _PREFIX.match(line)
+    """(rank, the line without its prefixes); (None, line) for a launcher line or a tqdm redraw continuation."""
+    match = _EXCEPTHOOK.match(line) or _PREFIX.match(line)
     if match is None:
         return None, line
-    return int(match.group(1)), line[match.end():]
+    text = line[match.end():]
+    hook = _EXCEPTHOOK.match(text)
+    return int(match.group(1)), text[hook.end():] if hook else text
 
 
 @dataclass

@@ -1,10 +1,7 @@
-"""How ms-swift receives the training data today: ChatML message rows (``data/train.jsonl``) encoded by a swift
-template that qwenrecipes registers itself (``qwenrecipes_template.py``, passed with ``--custom_register_path``).
-
-Everything about the *text* path lives here, so handing swift token ids + labels instead (issue 13) replaces this
-module and nothing else: swift accepts pre-tokenized rows as an assistant content ``{"token_ids": [...],
-"loss_scale": [0|1, ...]}`` under a pass-through template (``EmptyTemplateMeta(suffix=[], auto_add_bos=False)``),
-which trains exactly the ids whose loss_scale is 1 (verified bit-identical against the text path on CPU).
+"""How ms-swift receives the training data with the text handoff (``data.handoff: text``): ChatML message rows
+(``data/train.jsonl``) encoded by a swift template that qwenrecipes registers itself (``qwenrecipes_template.py``,
+passed with ``--custom_register_path``). The token handoff (the default) is tokenpath.py: the same dataset
+arguments with token files and a pass-through template; the two share nothing else.
 
 Why a template of our own: swift's ``qwen3_nothinking`` (plain ChatML, no default system) trains the ``\\n`` after
 every assistant ``<|im_end|>`` (its suffix is ``<|im_end|>\\n`` and ``Template._add_dynamic_eos`` relabels it after

@@ -210,6 +210,10 @@ def _sections(plan: Plan, tokens: bool) -> dict[str, dict[str, Any]]:
             "training": train, "run": run}
 
 
+# Attention implementations that keep qwenrecipes' bins apart on TRL's padding-free path in transformers 5.16.1:
+# one flattened row, position ids restarting per row, no attention mask, no cache (docs/equivalence.md, Packing).
+PACKED_ATTENTION = frozenset({"sdpa", "eager", "flash_attention_2"})
+
 # Why TRL's effective values differ where `explain` flags them.
 NOTES: dict[str, str] = {
     "quantization": "TRL takes the 4-bit compute dtype from the model dtype (no separate knob)",
@@ -242,7 +246,11 @@ class TrlEngine(BaseEngine):
         return BUNDLE
 
     def packing_problems(self, plan: Plan) -> list[tuple[str, str]]:
-        return []  # every attention implementation keeps the bin's rows apart on this path (NOTES["packing"])
+        attn = plan.recipe.model["attn"]
+        if plan.packing is None or attn in PACKED_ATTENTION:
+            return []
+        return [("model.attn", f"{attn} is not known to keep a bin's rows apart in transformers 5.16.1 "
+                               f"(docs/equivalence.md, Packing): use {', '.join(sorted(PACKED_ATTENTION))}")]
 
     def packed_row(self, row: PackedRow) -> dict[str, Any]:
         # DataCollatorForLanguageModeling(padding_free) builds position ids from seq_lengths; labels used as is.

@@ -162,3 +162,13 @@ def test_synthetic_rows_of_given_lengths() -> None:
 
     rows = synthetic_chatml_rows(3, [24, 100, 333], seed=0)
     assert token_lengths([chatml_text(r["messages"]) for r in rows]) == [24, 100, 333]
+
+
+def test_validate_refuses_an_engine_without_a_packed_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import run_cli
+
+    recipe = str(_packed_recipe(tmp_path))
+    code, _, err = run_cli(["validate", recipe, "--target", "cpu", "-e", "axolotl"], capsys)
+    assert code == 2 and "data.packing" in err and "attention_mask" in err
+    code, out, _ = run_cli(["validate", recipe, "--target", "cpu", "-e", "trl"], capsys)
+    assert code == 0 and "bins of 256 tokens" in out and "mean fill" in out

@@ -35,6 +35,7 @@ ENGINE_KEY_TO_FIELD = {
     "load_in_4bit": "method.type", "quantization_bit": "method.quantization.bits", "deepspeed": "distributed.strategy",
     "bf16": "training.precision", "fp16": "training.precision", "sample_packing": "data.packing",
     "packing": "data.packing", "seed": "training.seed", "max_steps": "training.max_steps",
+    "DeepSpeed": "distributed.strategy",  # engines/deepspeed.py NATIVE_CHECK: "DeepSpeed refuses the ZeRO config"
 }
 
 
@@ -45,36 +46,40 @@ def _field_for(message: str) -> str:
     return ""
 
 
+def check_folder(engine: str, folder: Path, environment: dict[str, str] | None = None) -> str | None:
+    """Ask ``engine`` about an already rendered ``folder``: its complaint, or None when it accepts it.
+    ``environment``: the render's own variables (Rendered.environment)."""
+    check = ENGINES[engine].native_check()
+    if check is None:
+        return f"{engine} has no native validation: render and run it instead"
+    if callable(check):  # a check that runs here (an engine that cannot be imported on this host)
+        return check(folder)
+    from qwenrecipes.run.envs import env_for
+
+    env = env_for(engine)
+    try:
+        result = subprocess.run([str(env.python), "-c", check], cwd=folder, capture_output=True, text=True,
+                                timeout=NATIVE_TIMEOUT_S, env=env.run_environment(environment or {}))
+    except subprocess.TimeoutExpired:
+        return f"{engine}'s own validation did not finish in {NATIVE_TIMEOUT_S} s"
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+        return f"{engine}'s validator crashed (exit {result.returncode}):\n{tail}"
+    verdict = json.loads(lines[-1])
+    return None if verdict["ok"] else str(verdict["error"])
+
+
 def native_validate(plan: Plan, engine: str) -> None:
     """Render into a temp folder and let the engine check it. Raises RecipeError with the engine's complaint."""
     rendered = render_plan(plan, engine)
     file = str(plan.recipe.source)
+    if ENGINES[engine].native_check() is None:
+        raise RecipeError([Problem(file, "", f"{engine} has no native validation: render and run it instead")])
     with tempfile.TemporaryDirectory(prefix=f"qwenrecipes-native-{engine}-") as tmp:
         folder = Path(tmp)
         write_rendered(plan, rendered, folder)
-        check = ENGINES[engine].native_check()
-        if check is None:
-            raise RecipeError([Problem(file, "", f"{engine} has no native validation: render and run it instead")])
-        if callable(check):  # a check that runs here (an engine that cannot be imported on this host)
-            error = check(folder)
-        else:
-            from qwenrecipes.run.envs import env_for
-
-            env = env_for(engine)
-            try:
-                result = subprocess.run([str(env.python), "-c", check], cwd=folder, capture_output=True,
-                                        text=True, timeout=NATIVE_TIMEOUT_S,
-                                        env=env.run_environment(rendered.environment))
-            except subprocess.TimeoutExpired:
-                error = f"{engine}'s own validation did not finish in {NATIVE_TIMEOUT_S} s"
-            else:
-                lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-                if not lines:
-                    tail = "\n".join(result.stderr.strip().splitlines()[-5:])
-                    error = f"{engine}'s validator crashed (exit {result.returncode}):\n{tail}"
-                else:
-                    verdict = json.loads(lines[-1])
-                    error = None if verdict["ok"] else verdict["error"]
+        error = check_folder(engine, folder, dict(rendered.environment))
     if error:
         message = f"{engine} rejects the rendered config: {error}"
         raise RecipeError([Problem(file, _field_for(error), message)])

@@ -5,9 +5,12 @@ Unknown keys come back as leftover arguments, which swift itself would refuse.
 
 __post_init__ creates output_dir, so it points at a scratch folder. On a host without a GPU, what swift refuses
 there for reasons that say nothing about the config (bf16/fp16, 4-bit, DeepSpeed, FSDP) is taken out first, from a
-copy of the YAML (an argv value cannot be None)."""
+copy of the YAML (an argv value cannot be None). The ``deepspeed`` file is parsed by DeepSpeed itself instead
+(engines/deepspeed.py), with the config's own batch, clipping and precision values."""
 
-SNIPPET = """
+from qwenrecipes.engines.deepspeed import NATIVE_CHECK
+
+SNIPPET = NATIVE_CHECK + """
 import json, os, tempfile
 os.environ.setdefault("USE_HF", "1"); os.environ.setdefault("HF_HUB_OFFLINE", "1")
 try:
@@ -18,6 +21,7 @@ try:
     scratch = tempfile.mkdtemp(prefix="qwenrecipes-native-")
     with open("swift_sft.yaml", encoding="utf-8") as handle:
         config = yaml.safe_load(handle)
+    original = dict(config)
     config["output_dir"] = os.path.join(scratch, "output")
     if not torch.cuda.is_available():
         config.update({"bf16": False, "fp16": False})
@@ -31,6 +35,9 @@ try:
     args, rest = parse_args(SftArguments, argv)
     if rest:
         raise ValueError(f"swift does not know these arguments: {rest}")
+    if original.get("deepspeed"):
+        check_deepspeed(json.load(open(original["deepspeed"])), {key: original.get(key) for key in HF_TRAIN_KEYS},
+                        original["model"])
     print(json.dumps({"ok": True}))
 except BaseException as exc:
     print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))

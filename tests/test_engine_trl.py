@@ -131,7 +131,7 @@ def test_train_on_all_and_packing_and_eval() -> None:
     c = config_of(plan)
     # qwenrecipes' bins (data/packing.py): TRL's packer off, its padding-free collator reads seq_lengths.
     assert c["assistant_only_loss"] is False and c["packing"] is False and c["padding_free"] is True
-    assert c["eval_packing"] is False
+    assert c["eval_packing"] is False and c["max_length"] is None  # TRL refuses max_length with padding_free alone
     assert c["datasets"][0]["data_files"] == {"train": "data/train.tokens.jsonl", "test": "data/eval.tokens.jsonl"}
     assert c["eval_strategy"] == "steps" and c["eval_steps"] == 5
     assert plan.packing is not None and c["max_steps"] == plan.max_steps  # counted in bins by qwenrecipes

@@ -147,7 +147,8 @@ def _sections(plan: Plan, tokens: bool) -> dict[str, dict[str, Any]]:
         "datasets": [source],
         "dataset_train_split": "train",
         "dataset_test_split": "test",
-        "max_length": data["max_seq_length"],
+        # Packed: null, as TRL 1.9 requires for padding_free without its packer; every bin fits max_seq_length.
+        "max_length": None if plan.packing is not None else data["max_seq_length"],
         "truncation_mode": "keep_start",  # never reached: rows over max_length were dropped by qwenrecipes
         # data.packing: one line per qwenrecipes bin with its seq_lengths; TRL's packer off, its padding-free
         # collator makes per-row position ids and no attention mask (data/packing.py). Under the text handoff

@@ -41,7 +41,8 @@ KNOWN_FAILURES: list[KnownFailure] = [
     _known("missing_model_or_data",
            r"Repo id|does not appear to have a file|is not a local folder and is not a valid model identifier|"
            r"FileNotFoundError|No such file or directory|OSError: .*(model|config|tokenizer|safetensors)|"
-           r"DatasetNotFoundError|Couldn't find a dataset|LocalEntryNotFoundError|offline mode",
+           r"DatasetNotFoundError|Couldn't find a dataset|LocalEntryNotFoundError|offline mode|"
+           r"path: '[^']*' not found",  # a local path an engine's own hub resolver could not find
            "a model or data file was not found: check model.name_or_path and data paths (relative to the "
            "recipe); a hub model must be downloaded first (the engines run with HF_HUB_OFFLINE)."),
     _known("cuda_assert", r"device-side assert|CUDA error|torch\.AcceleratorError|CUDA driver",

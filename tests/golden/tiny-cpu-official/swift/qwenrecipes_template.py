@@ -45,8 +45,10 @@ class QwenRecipesChatml(Template):
                     loss_scale[p:p + width] = [1] * width
 
 
-register_template(QwenTemplateMeta(NAME, default_system=None, suffix=["<|im_end|>"], template_cls=QwenRecipesChatml),
-                  exist_ok=True)
+# stop_words empty: swift adds no suffix after a response that ends with a stop word (<|endoftext|> for Qwen), and
+# the chat format closes every turn with <|im_end|> whatever its content ends with.
+register_template(QwenTemplateMeta(NAME, default_system=None, suffix=["<|im_end|>"], stop_words=[],
+                                   template_cls=QwenRecipesChatml), exist_ok=True)
 
 # Token handoff (data.handoff: tokens): each row is one assistant content {"token_ids", "loss_scale"} made by
 # qwenrecipes; this template adds nothing around it (no prefix, BOS or suffix), so nothing is relabelled.

@@ -82,6 +82,20 @@ def test_launch_refusals_name_the_field_and_reason(tmp_path: Path) -> None:
     assert any("unsloth cannot run" in w for w in render_plan(plan_recipe(TWO_NODE), "unsloth").warnings)
 
 
+
+def test_fsdp_on_cpu_processes_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """accelerate turns FSDP on only for accelerator processes: 2 CPU processes with strategy fsdp trained as DDP
+    (TRL, LLaMA-Factory: tried on tiny-cpu), so `run` refuses them; the same strategy on CUDA is fine."""
+    fsdp = {"distributed": {"gpus": 2, "strategy": "fsdp"}, "training": {"micro_batch_size": 2}}
+    cpu, cuda = tiny_plan(fsdp, target="cpu"), tiny_plan(fsdp, target="cuda")
+    for name in ("trl", "llamafactory", "swift"):
+        problems = ENGINES[name].launch_problems(cpu)
+        assert [field for field, _ in problems] == ["distributed.strategy"], name
+        assert "FSDP needs accelerator devices" in problems[0][1]
+        assert ENGINES[name].launch_problems(cuda) == []
+    with pytest.raises(RecipeError, match=r"distributed\.strategy.*plain DDP"):
+        check_distributed(cpu, ENGINES["trl"], tmp_path, resume=False)
+
 def test_resume_with_another_world_size_is_refused(tmp_path: Path) -> None:
     (tmp_path / "plan.json").write_text(json.dumps({"world_size": 2}))
     one = tiny_plan({}, target="cpu")

@@ -51,7 +51,7 @@ def deepspeed_config(plan: Plan) -> dict[str, Any] | None:
 # The model's config.json is read from disk only (local_files_only); a hub model not in the cache leaves the
 # hidden size to a stand-in, which changes only the bucket sizes' numbers, not what DeepSpeed accepts.
 NATIVE_CHECK = '''
-# The TrainingArguments an engine config names with the HF Trainer's own keys (TRL, LLaMA-Factory, swift).
+# The TrainingArguments an engine config names with the HF Trainer's own keys.
 HF_TRAIN_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "max_grad_norm", "learning_rate",
                  "bf16", "fp16", "max_steps")
 

@@ -54,3 +54,20 @@ def accelerate_args(plan: Plan) -> list[str]:
         args += ["--machine_rank", placeholder("NODE_RANK"), "--main_process_ip", placeholder("MASTER_ADDR"),
                  "--main_process_port", placeholder("MASTER_PORT")]
     return args
+
+
+# accelerate (the HF Trainer's launcher and backend, under the engines built on it) turns FSDP on only for
+# accelerator processes: AcceleratorState switches MULTI_GPU / MULTI_XPU / MULTI_NPU / ... to FSDP, never
+# MULTI_CPU. Processes on the CPU would train as plain DDP over gloo with the FSDP config ignored (seen on
+# tiny-cpu with 2 processes: one engine built a DDP model, another saved a non-FSDP checkpoint, losses equal to
+# the DDP run's: docs/engines.md).
+CPU_FSDP_REASON = ("FSDP needs accelerator devices: accelerate (which the HF Trainer runs on) turns FSDP on only "
+                   "for GPU/XPU/NPU processes, so processes on the CPU would train as plain DDP with the FSDP "
+                   "config ignored; use strategy ddp on the CPU, or a CUDA target for fsdp")
+
+
+def cpu_fsdp_problems(plan: Plan) -> list[tuple[str, str]]:
+    """The refusal of an engine whose FSDP goes through accelerate, for a multi-process FSDP plan on the CPU."""
+    if plan.target == "cpu" and plan.recipe.distributed["strategy"] == "fsdp" and is_multiprocess(plan):
+        return [("distributed.strategy", CPU_FSDP_REASON)]
+    return []

@@ -28,7 +28,7 @@ from typing import Any
 
 from qwenrecipes.engines.base import BaseEngine, BundleSpec, EnvSpec, Residual, engine_environment, header_context
 from qwenrecipes.engines.deepspeed import DEEPSPEED_FILE, deepspeed_config
-from qwenrecipes.engines.launchers import accelerate_args, is_multiprocess, torchrun_environment
+from qwenrecipes.engines.launchers import accelerate_args, cpu_fsdp_problems, is_multiprocess, torchrun_environment
 from qwenrecipes.engines.templating import render_template
 from qwenrecipes.recipe import concepts
 from qwenrecipes.recipe.memory import EngineProfile
@@ -218,6 +218,9 @@ class LlamaFactoryEngine(BaseEngine):
         for _, section in self.sections(plan):
             out.update(section)
         return out
+
+    def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        return cpu_fsdp_problems(plan)  # FSDP through accelerate: accelerator processes only
 
     def native_check(self) -> str:
         from qwenrecipes.engines.llamafactory.native import SNIPPET

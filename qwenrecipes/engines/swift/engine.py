@@ -34,7 +34,7 @@ from qwenrecipes.engines.base import (
     header_context,
 )
 from qwenrecipes.engines.deepspeed import DEEPSPEED_FILE, deepspeed_config
-from qwenrecipes.engines.launchers import is_multiprocess, torchrun_args
+from qwenrecipes.engines.launchers import cpu_fsdp_problems, is_multiprocess, torchrun_args
 from qwenrecipes.engines.swift import textpath, tokenpath
 from qwenrecipes.engines.templating import render_template
 from qwenrecipes.recipe.memory import DEFAULT_PROFILE
@@ -216,6 +216,9 @@ class SwiftEngine(BaseEngine):
         from qwenrecipes.engines.swift.effective import effective
 
         return effective(files)
+
+    def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        return cpu_fsdp_problems(plan)  # FSDP through accelerate: accelerator processes only
 
     def native_check(self) -> str:
         from qwenrecipes.engines.swift.native import SNIPPET

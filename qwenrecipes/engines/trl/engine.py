@@ -24,7 +24,7 @@ from qwenrecipes.engines.base import (
     engine_environment,
     header_context,
 )
-from qwenrecipes.engines.launchers import accelerate_args, is_multiprocess
+from qwenrecipes.engines.launchers import accelerate_args, cpu_fsdp_problems, is_multiprocess
 from qwenrecipes.engines.templating import render_template
 from qwenrecipes.engines.trl.accelerate import accelerate_config
 from qwenrecipes.recipe import concepts
@@ -235,6 +235,9 @@ class TrlEngine(BaseEngine):
                                    lora_kernels=1.0)
     log_keys = MappingProxyType({"num_tokens": "tokens_seen"})  # cumulative tokens
     console_modules = MappingProxyType({"trl": "trl.cli", "accelerate": "accelerate.commands.accelerate_cli"})
+
+    def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        return cpu_fsdp_problems(plan)  # FSDP through accelerate: accelerator processes only
 
     def native_check(self) -> str:
         from qwenrecipes.engines.trl.native import SNIPPET

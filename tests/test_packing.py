@@ -7,6 +7,7 @@ import json
 import math
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,35 @@ def test_validate_refuses_an_engine_without_a_packed_path(tmp_path: Path, capsys
     assert code == 2 and "data.packing" in err and "attention_mask" in err
     code, out, _ = run_cli(["validate", recipe, "--target", "cpu", "-e", "trl"], capsys)
     assert code == 0 and "bins of 256 tokens" in out and "mean fill" in out
+
+
+@pytest.mark.engine
+def test_trl_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> None:
+    """A real TRL run of a packed recipe (`qwenrecipes run`): its first logged loss (LoRA B = 0 at init: the base
+    model's loss on the first step's bins) equals the token-weighted mean loss of those bins' rows run one by one."""
+    from qwenrecipes.run.envs import env_for
+
+    recipe = _packed_recipe(tmp_path, max_seq_length=256, train_on="all")
+    document = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    document["training"].update({"max_steps": 3, "warmup_steps": 1})
+    recipe.write_text(yaml.safe_dump(document), encoding="utf-8")
+    plan = plan_recipe(recipe, target="cpu")
+    assert plan.packing is not None and plan.bin_stream
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", "from qwenrecipes.cli import main; main()", "run", str(recipe),
+                           "--engine", "trl", "--run-dir", str(run_dir), "--target", "cpu"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    first = next(e for e in events if e.get("type") == "train" and e.get("step") == 1)
+    tokens, bins = plan.packing.tokens, plan.bin_stream[:plan.effective_batch]
+    members = [i for b in bins for i in b]
+    cases = {"bins": [{"input_ids": r.input_ids, "labels": r.labels, "seq_lengths": r.seq_lengths}
+                      for r in (packed_row(tokens, b) for b in bins)],
+             "rows": [{"input_ids": tokens[i].input_ids, "labels": tokens[i].labels} for i in members]}
+    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+    subprocess.run([str(env_for("trl").python), str(SCRIPT), str(tmp_path / "cases.json"), plan.model_path,
+                    str(tmp_path / "out.json")], check=True, timeout=900)
+    separate = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))["impls"]["sdpa"]["separate"]
+    values = [v for row in separate for v in row if v is not None]
+    assert first["loss"] == pytest.approx(sum(values) / len(values), rel=2e-3)

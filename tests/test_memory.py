@@ -17,8 +17,8 @@ from qwenrecipes.recipe import memory
 from qwenrecipes.recipe.load import build_recipe
 from qwenrecipes.recipe.memory import KNOWN_DIMS, estimate_peak_gib, fits, known_dims, model_dims
 from qwenrecipes.recipe.plan import Plan, make_plan
-from qwenrecipes.render.resolve import resolve_for_engine
 from qwenrecipes.render.folder import render_plan
+from qwenrecipes.render.resolve import resolve_for_engine
 from tests.conftest import RECIPES
 
 QWEN3_4B = KNOWN_DIMS["qwen3-4b"]
@@ -61,7 +61,8 @@ def test_estimator_reproduces_the_measured_points(point: tuple[Any, ...]) -> Non
 @pytest.mark.parametrize("checkpointing", [True, False])
 def test_estimate_grows_with_micro_batch_and_sequence(engine: str, method: str, checkpointing: bool) -> None:
     for liger in (False, True):
-        by_batch = [estimate_peak_gib(PROFILES[engine], QWEN3_4B, method, 2048, mb, checkpointing, liger) for mb in (1, 2, 4, 8)]
+        by_batch = [estimate_peak_gib(PROFILES[engine], QWEN3_4B, method, 2048, mb, checkpointing, liger)
+                    for mb in (1, 2, 4, 8)]
         by_seq = [estimate_peak_gib(PROFILES[engine], QWEN3_4B, method, seq, 2, checkpointing, liger, attn="eager")
                   for seq in (512, 1024, 2048, 4096)]
         assert by_batch == sorted(by_batch) and len(set(by_batch)) == 4
@@ -75,7 +76,8 @@ def test_estimate_parts_follow_the_physics() -> None:
     assert qlora["weights"] < lora["weights"] / 2.5
     full = memory.estimate_breakdown(PROFILES["trl"], QWEN3_4B, "full", 2048, 4, True, False, optimizer="adamw_torch")
     assert full["trainable_state"] == pytest.approx(QWEN3_4B.params * (2 + 8) / memory.GIB)  # grads + fp32 moments
-    eight_bit = memory.estimate_breakdown(PROFILES["trl"], QWEN3_4B, "full", 2048, 4, True, False, optimizer="adamw_8bit")
+    eight_bit = memory.estimate_breakdown(PROFILES["trl"], QWEN3_4B, "full", 2048, 4, True, False,
+                                          optimizer="adamw_8bit")
     assert eight_bit["trainable_state"] < full["trainable_state"]
     fused = memory.estimate_breakdown(PROFILES["trl"], QWEN3_4B, "lora", 2048, 4, True, True)
     assert fused["logits"] == 0 and lora["logits"] > 0

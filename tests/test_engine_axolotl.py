@@ -32,7 +32,7 @@ def qlora_plan() -> Plan:
                                     "compute_dtype": "float16"}},
         "training": {"precision": "bf16", "optimizer": "paged_adamw_8bit", "warmup_steps": 1,
                      "gradient_checkpointing": True, "save_steps": None},
-        "data": {"packing": True, "val_fraction": 0.1},
+        "data": {"val_fraction": 0.1},  # packed bins are refused (test_packed_bins_refused_with_reason)
     })
 
 
@@ -102,10 +102,18 @@ def test_qlora_cuda(qlora_plan: Plan) -> None:
     assert all(cfg[k] is False for k in LORA_KERNELS)
     assert (cfg["bf16"], cfg["fp16"], cfg["tf32"]) == (True, False, False)
     assert cfg["optimizer"] == "paged_adamw_8bit"
-    assert cfg["sample_packing"] is True and cfg["pad_to_sequence_len"] is True
+    assert cfg["sample_packing"] is False and cfg["pad_to_sequence_len"] is False
     assert cfg["save_strategy"] == "no" and "save_steps" not in cfg
     assert cfg["test_datasets"][0]["path"] == qlora_plan.eval_file == "data/eval.jsonl"
     assert cfg["gradient_checkpointing"] is True
+
+
+def test_packed_bins_refused_with_reason() -> None:
+    """qwenrecipes' bins (data.packing, token handoff) are refused, never re-binned by Axolotl's own multipack
+    sampler: the promise is the same bins on every engine."""
+    plan = tiny_plan({"data": {"packing": True}})
+    with pytest.raises(RecipeError, match=r"data\.packing: axolotl: .*attention_mask.*set packing: false"):
+        render_resolved(ENGINE, plan)
 
 
 def test_deepspeed_and_multi_gpu() -> None:

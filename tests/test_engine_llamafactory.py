@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from qwenrecipes.engines.llamafactory.engine import ENGINE, LOSS_MASK_LF
+from qwenrecipes.errors import RecipeError
 from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ALL, THINK_INLINE, TRUNCATION_NONE
 from qwenrecipes.recipe.load import ALL_LINEAR
 from qwenrecipes.recipe.plan import Plan
@@ -31,7 +32,7 @@ def qlora_plan() -> Plan:
                                     "compute_dtype": "bfloat16"}},
         "training": {"precision": "bf16", "optimizer": "paged_adamw_8bit", "gradient_checkpointing": True,
                      "save_steps": None, "eval_steps": 5},
-        "data": {"packing": True, "val_fraction": 0.1},
+        "data": {"val_fraction": 0.1},  # packed bins are refused (test_packed_bins_refused_with_reason)
         "distributed": {"gpus": 2, "strategy": "deepspeed_zero2"},
     })
 
@@ -100,8 +101,8 @@ def test_qlora_cuda(qlora_plan: Plan) -> None:
     assert cfg["finetuning_type"] == "lora" and cfg["lora_target"] == "q_proj,v_proj"
     assert cfg["additional_target"] == "embed_tokens,lm_head" and cfg["use_dora"] is True
     assert (cfg["bf16"], cfg["fp16"]) == (True, False)
-    assert cfg["packing"] is True and cfg["neat_packing"] is True
-    assert cfg["cutoff_len"] == 513  # LF packs into cutoff_len - 1
+    assert cfg["packing"] is False and cfg["neat_packing"] is False
+    assert cfg["cutoff_len"] == 512
     assert cfg["eval_dataset"] == "qwenrecipes_eval" and cfg["eval_steps"] == 5
     assert json.loads(files["data/dataset_info.json"])["qwenrecipes_eval"]["file_name"] == "eval.jsonl"
     assert cfg["save_strategy"] == "no" and "save_steps" not in cfg
@@ -111,6 +112,14 @@ def test_qlora_cuda(qlora_plan: Plan) -> None:
     env = ENGINE.environment(qlora_plan)
     assert env["FORCE_TORCHRUN"] == "1" and env["NPROC_PER_NODE"] == "2"
     assert env["DISABLE_VERSION_CHECK"] == "1" and env["WANDB_MODE"] == "disabled"
+
+
+def test_packed_bins_refused_with_reason() -> None:
+    """qwenrecipes' bins (data.packing, token handoff) are refused, never re-binned by LLaMA-Factory's own packer:
+    the promise is the same bins on every engine."""
+    plan = tiny_plan({"data": {"packing": True}})
+    with pytest.raises(RecipeError, match=r"data\.packing: llamafactory: .*position_ids.*set packing: false"):
+        render_resolved(ENGINE, plan)
 
 
 def test_effective_matches_plan(cpu_plan: Plan) -> None:
@@ -142,7 +151,7 @@ def test_effective_qlora_distributed(qlora_plan: Plan) -> None:
                                          "compute_dtype": "bfloat16"}
     assert effective["gpus"] == 2 and effective["effective_batch"] == qlora_plan.effective_batch
     assert effective["distributed"] == "deepspeed_zero2"
-    assert effective["max_seq_length"] == 512 and effective["packing"] is True
+    assert effective["max_seq_length"] == 512 and effective["packing"] is False
     assert effective["eval_file"] == "data/eval.jsonl" and effective["eval_steps"] == 5
     assert effective["modules_to_save"] == ["embed_tokens", "lm_head"]
 

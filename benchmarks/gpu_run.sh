@@ -30,7 +30,7 @@ b() {
   local args=()
   IFS=: read -ra parts <<< "$pp"; for p in "${parts[@]}"; do args+=(--pythonpath "$p"); done
   echo "=== $engine/$label ($(( $(date +%s) - T0 ))s elapsed)"
-  timeout $(( left - 15 )) python3 -m qwenrecipes.cli_bench bench "$recipe" -e "$engine" --label "$label" \
+  timeout $(( left - 15 )) python3 -m qwenrecipes.cli bench "$recipe" -e "$engine" --label "$label" \
     --model random:qwen3-4b --synthetic-data "$data" --python python3 "${args[@]}" -o "$BENCH" "$@" 2>&1 \
     | grep -v "^  .* step [0-9]* loss=" | tail -4
 }

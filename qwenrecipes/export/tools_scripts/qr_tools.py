@@ -2,7 +2,7 @@
 
 Standalone on purpose: it imports torch, transformers, peft, llama_cpp and huggingface_hub, none of which
 the qwenrecipes package may depend on, and it imports nothing from qwenrecipes (the venv does not have
-it). The library (qwenrecipes/export/core.py) decides everything (paths, templates, dtypes, sampling) and
+it). The library (the qwenrecipes.export package) decides everything (paths, templates, dtypes, sampling) and
 passes it on the command line; this script only does the tensor work and writes one JSON result to
 ``--result`` so the caller never has to parse logs.
 

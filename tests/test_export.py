@@ -124,7 +124,12 @@ def test_inference_templates_match_training_choice() -> None:
     assert template_name_of(official) == "qwen3"
     assert template_name_of(CHATML_TEMPLATE_PLAIN) == "qwen3_nothink"
     assert template_name_of("{{ nope }}") is None
-    with pytest.raises(QwenRecipesError, match="qwen3 or qwen3_nothink"):
+    # qwen3_official trains on the shipped official template byte for byte: merge/export serve that same text.
+    from qwenrecipes.data.qwen3_official import official_template
+
+    assert inference_chat_template("qwen3_official") == official_template() != official
+    assert template_name_of(official_template()) == "qwen3_official"
+    with pytest.raises(QwenRecipesError, match="qwen3, qwen3_nothink, qwen3_official"):
         inference_chat_template("llama3")
 
 

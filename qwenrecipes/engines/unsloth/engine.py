@@ -196,7 +196,8 @@ class UnslothEngine(BaseEngine):
     packing_refused = ("its CPU backend forces padding-free batches off (so a bin's rows would attend to each other) "
                        "and its CUDA path patches TRL's collator and attention in ways not yet verified to keep "
                        "the rows of a bin apart")
-    # 2026.10.9 imports on a host without a GPU (its CPU backend); that host installs lock-cpu.txt (run/envs.py).
+    # 2026.10.9 imports on a host without a GPU (its CPU backend); that host installs lock-cpu.txt
+    # (run/env_locks.py, lock_variant).
     env = EnvSpec("unsloth", ("unsloth:FastLanguageModel",))
     # Liger stays off: Unsloth patches the same ops with its own fused kernels.
     # Measured (H200, Qwen3-4B, seq 2048 x 4, LoRA r=16): 9.6 GiB ckpt on, 36.0 off, 4.5 QLoRA: it keeps 0.56 of

@@ -27,7 +27,24 @@ from tests.conftest import EXAMPLE_RECIPES, RECIPES, target_for
 
 TINY = RECIPES / "tiny-cpu.yaml"
 QLORA = RECIPES / "qwen3-4b-qlora.yaml"  # chat_template qwen3: the think block case
-CPU_ENGINES = ["axolotl", "llamafactory", "trl"]
+CPU_ENGINES = ["axolotl", "llamafactory", "trl", "unsloth", "swift"]
+# Engines whose config can be mis-rendered to train the user turns (_misrender); the others are checked as rendered.
+MISRENDER_ENGINES = ["axolotl", "llamafactory", "trl"]
+CPU_RECIPES = [p for p in EXAMPLE_RECIPES if target_for(p) == "cpu"]
+# Every engine's shipped-recipe check is a real run of its data path (minutes on 2 cores): the first three engines
+# on every example, Unsloth and ms-swift (slow to import) on the CPU examples they run here.
+# Known failures found when Unsloth and ms-swift joined (strict: a fix turns them into errors to remove here).
+SHIPPED_BUGS = {
+    ("tiny-cpu-ddp", "unsloth"): "check runs train_unsloth.py in one process; it refuses a 2-process plan "
+                                 "(planned for 2 process(es), launched with 1)",
+    ("tiny-cpu-demo", "unsloth"): "max_seq_length 64: Unsloth returned 12 rows for 13 samples (drops a row)",
+    ("tiny-cpu-demo", "swift"): "max_seq_length 64: swift raises MaxLengthError on a 66-token row",
+}
+SHIPPED_CASES = [
+    pytest.param(recipe, engine, id=f"{recipe.stem}-{engine}",
+                 marks=[pytest.mark.xfail(strict=True, reason=SHIPPED_BUGS[(recipe.stem, engine)])]
+                 if (recipe.stem, engine) in SHIPPED_BUGS else [])
+    for engine in CPU_ENGINES for recipe in (EXAMPLE_RECIPES if engine in MISRENDER_ENGINES else CPU_RECIPES)]
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                 {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
                 {"role": "assistant", "content": "Bye."}]
@@ -283,20 +300,18 @@ def _failures(report: checkmod.CheckReport) -> str:
 
 
 @pytest.mark.engine
-@pytest.mark.parametrize("engine", CPU_ENGINES)
-@pytest.mark.parametrize("recipe", EXAMPLE_RECIPES, ids=[p.stem for p in EXAMPLE_RECIPES])
+@pytest.mark.parametrize(("recipe", "engine"), SHIPPED_CASES)
 def test_check_passes_on_shipped_recipe(recipe: Path, engine: str) -> None:
-    """GPU recipes are resolved for cuda; their preprocessing runs on CPU (precision overridden in the copy)."""
+    """GPU recipes are resolved for cuda; their preprocessing runs on CPU (precision overridden in the copy).
+    Every example hands the engines tokens, so every row is equal, with no residual (the text handoff's, such as
+    LLaMA-Factory's trailing newline or Axolotl's empty turn, cannot show)."""
     _require_env(engine)
     report = check_recipe(plan_recipe(recipe, target=target_for(recipe)), [engine], data_samples=2)
     assert report.ok, _failures(report)
-    results = {r.sample: r for r in report.engines[0].results}
-    if engine == "llamafactory":  # its trailing newline shows up on every sample, and nothing else
-        assert all(r.residuals == ["trailing_newline"] for r in results.values())
-    else:  # token for token, except Axolotl's documented empty-turn residual
-        expected_residual = {"empty_assistant_turn"} if engine == "axolotl" and "nothink" in (
-            report.chat_template) else set()
-        assert {name for name, r in results.items() if r.status != "equal"} == expected_residual
+    (engine_report,) = report.engines
+    assert engine_report.handoff == "tokens"
+    assert engine_report.results
+    assert all(r.status == "equal" and not r.residuals for r in engine_report.results), _failures(report)
 
 
 def _misrender(monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
@@ -343,7 +358,7 @@ def _misrender(monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
 
 
 @pytest.mark.engine
-@pytest.mark.parametrize("engine", CPU_ENGINES)
+@pytest.mark.parametrize("engine", MISRENDER_ENGINES)
 def test_check_fails_with_readable_diff_on_misrendered_config(engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _require_env(engine)
     _misrender(monkeypatch, engine)

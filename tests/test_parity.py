@@ -1,6 +1,6 @@
-"""Loss parity: the CPU engines (Axolotl, LLaMA-Factory, TRL, ms-swift) train tests/recipes/parity.yaml (tiny
-Qwen3, identical initial weights, qwenrecipes' row order read sequentially, LoRA B=0 at init) through
-`qwenrecipes run`, and their losses agree:
+"""Loss parity: the CPU engines (Axolotl, LLaMA-Factory, TRL, ms-swift, Unsloth on its CPU backend) train
+tests/recipes/parity.yaml (tiny Qwen3, identical initial weights, qwenrecipes' row order read sequentially,
+LoRA B=0 at init) through `qwenrecipes run`, and their losses agree:
 step 1 within 1 % (it is the base model's loss on the same first batch), the final step within 3 %.
 
 The runs are shared by every test here (one module-scoped fixture), since each takes minutes on a busy CPU.
@@ -21,7 +21,7 @@ from qwenrecipes.run.compare import CompareRow, compare_runs, relative_spread
 pytestmark = pytest.mark.engine
 
 RECIPE = Path(__file__).parent / "recipes" / "parity.yaml"
-ENGINES = ["axolotl", "llamafactory", "trl", "swift"]
+ENGINES = ["axolotl", "llamafactory", "trl", "swift", "unsloth"]
 STEPS = 20
 FIRST_TOLERANCE = 0.01
 FINAL_TOLERANCE = 0.03

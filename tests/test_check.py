@@ -214,6 +214,19 @@ def test_cli_check_exits_1_with_diff_on_mismatch(monkeypatch: pytest.MonkeyPatch
     assert "MISMATCH" in result.output and "trained where it should be masked" in result.output
 
 
+def test_cli_check_summarises_per_engine_and_verbose_lists_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_engine(monkeypatch, "all")
+    args = [str(TINY), "--engines", "trl", "--target", "cpu", "-n", "1"]
+    summary = CliRunner().invoke(check, args).output
+    assert "trl: 12 MISMATCH" in summary and summary.count("MISMATCH") == 1 + 5  # the counts, the first 5 rows
+    assert "... 7 more rows differ (--verbose lists every row)" in summary and "data_row_1" in summary
+    verbose = CliRunner().invoke(check, [*args, "--verbose"]).output
+    assert verbose.count("MISMATCH") == 1 + 12 and "more rows differ" not in verbose
+    _fake_engine(monkeypatch, "reference")
+    equal = CliRunner().invoke(check, args).output
+    assert "data_row_1" not in equal and "data_row_1" in CliRunner().invoke(check, [*args, "-v"]).output
+
+
 def test_cli_check_json_has_ids_labels_and_reference(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_engine(monkeypatch, "reference")
     result = CliRunner().invoke(check, [str(TINY), "--engines", "trl", "--target", "cpu", "-n", "1", "--json"])

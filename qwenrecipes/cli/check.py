@@ -20,6 +20,7 @@ from qwenrecipes.cli.common import recipe_argument
 TARGETS = ["auto", "cpu", "cuda"]
 EXIT_MISMATCH = 1
 STATUS_TEXT = {"equal": "equal", "residual": "known residual", "mismatch": "MISMATCH", "error": "ERROR"}
+SHOWN = 5  # rows that differ printed per engine without --verbose
 STATUS_COLOUR = {"equal": "green", "residual": "yellow", "mismatch": "red", "error": "red"}
 
 
@@ -39,8 +40,9 @@ def _indent(text: str, prefix: str = "      ") -> str:
     return "\n".join(prefix + line for line in text.splitlines())
 
 
-def print_report(report: CheckReport) -> None:
-    """Per engine per sample: equal, known residual (with its diff), or the mismatch diff."""
+def print_report(report: CheckReport, verbose: bool = False) -> None:
+    """Per engine: the counts, then the first SHOWN rows that differ (known residual or mismatch, with the diff);
+    ``verbose``: every row, equal ones included (every data row is checked, so that is one line per row)."""
     click.echo(f"check {report.recipe}: chat_template {report.chat_template}, train_on {report.train_on}, "
                f"{len(report.samples)} samples ({sum(s.source == 'data' for s in report.samples)} from the data, "
                f"{sum(s.source == 'builtin' for s in report.samples)} built-in hard cases)")
@@ -55,19 +57,25 @@ def print_report(report: CheckReport) -> None:
                 click.echo(_indent(engine.detail.strip()[-3000:]))
             continue
         counts = {s: sum(r.status == s for r in engine.results) for s in STATUS_TEXT}
-        parts = [f"{n} {STATUS_TEXT[s]}" for s, n in counts.items() if n]
+        parts = [f"{n} {STATUS_TEXT[s]}" for s, n in counts.items() if n] or ["no rows"]
         click.secho(f"{engine.engine}: {', '.join(parts)} ({engine.handoff} handoff)",
                     fg="green" if engine.ok else "red", bold=True)
         for residual in residuals_for(engine.engine, report.train_on, engine.handoff):
             if any(residual.name in r.residuals for r in engine.results):
                 click.echo(f"  known residual {residual.name}: {residual.description}")
-        for result in engine.results:
+        different = [r for r in engine.results if r.status != "equal"]
+        # Mismatches before known residuals: they are what fails the check.
+        different.sort(key=lambda r: r.status != "mismatch")
+        shown = engine.results if verbose else different[:SHOWN]
+        for result in shown:
             text = STATUS_TEXT[result.status]
             if result.residuals:
                 text += f" ({', '.join(result.residuals)})"
             click.echo(f"  {result.sample:{width}}  " + click.style(text, fg=STATUS_COLOUR[result.status]))
             if result.diff:
                 click.echo(_indent(result.diff))
+        if not verbose and len(different) > SHOWN:
+            click.echo(f"  ... {len(different) - SHOWN} more rows differ (--verbose lists every row)")
     verdict = "every checked engine matches the reference" if report.ok else "mismatches found"
     click.secho(verdict, fg="green" if report.ok else "red", bold=True)
 
@@ -77,13 +85,17 @@ def print_report(report: CheckReport) -> None:
 @click.option("--engines", "-e", "engines", default=None,
               help="Comma-separated engines (default: every engine with a token-check script; an engine without "
                    "an env is then skipped, a named one is an error).")
-@click.option("--samples", "-n", type=click.IntRange(min=0), default=DEFAULT_SAMPLES, show_default=True,
-              help="Rows of the recipe's data to check, besides the built-in hard cases.")
+@click.option("--samples", "-n", type=click.IntRange(min=0), default=DEFAULT_SAMPLES,
+              help="Rows of the recipe's data to check, besides the built-in hard cases (default: every row).")
 @click.option("--target", type=click.Choice(TARGETS), default="auto", show_default=True,
               help="Hardware the recipe is resolved for (preprocessing itself never needs a GPU).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="One line per checked row and engine (default: per engine the counts and the first "
+                   f"{SHOWN} rows that differ, with their row ids and diffs).")
 @click.option("--json", "as_json", is_flag=True, help="Emit input_ids and labels (-100 masked) per sample and "
               "engine, with the reference, as JSON.")
-def check(recipe: Path, engines: str | None, samples: int, target: str, as_json: bool) -> None:
+def check(recipe: Path, engines: str | None, samples: int | None, target: str, verbose: bool,
+          as_json: bool) -> None:
     """Prove that each engine's own preprocessing tokenizes and masks RECIPE's data exactly as qwenrecipes'
     rule says (Qwen3 tokenizer on plain ChatML; loss on assistant content + <|im_end|>)."""
     from qwenrecipes.check.tokens import check_recipe
@@ -98,7 +110,7 @@ def check(recipe: Path, engines: str | None, samples: int, target: str, as_json:
     if as_json:
         click.echo(json.dumps(report.to_json(), ensure_ascii=False))
     else:
-        print_report(report)
+        print_report(report, verbose=verbose)
     # sys.exit, not click's Exit: cli.main runs click with standalone_mode=False, which swallows Exit codes.
     if not report.ok:
         sys.exit(EXIT_MISMATCH)

@@ -97,6 +97,16 @@ def test_tool_calls_trained_tool_results_masked_under_every_rule() -> None:
     assert "<|im_start|>assistant\n<think>\ntwo calls\n</think>\n\nLet me check.\n<tool_call>" in qwen3.text
 
 
+def test_leading_newlines_of_an_answer_kept_without_a_think_block() -> None:
+    """qwen3 writes a think block and strips the answer's leading newlines after it (as the template does);
+    qwen3_nothink writes no block, so the reply is trained exactly as given."""
+    messages = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "\n\nanswer"}]
+    [[*_, nothink]] = conversation_rows(messages, [], "qwen3_nothink")
+    assert nothink == {"role": "assistant", "content": "\n\nanswer"}
+    [[*_, qwen3]] = conversation_rows(messages, [], "qwen3")
+    assert qwen3["content"] == "<think>\n\n</think>\n\nanswer"
+
+
 def test_train_on_all_trains_every_character() -> None:
     [row] = render_conversation(CORPUS[1][1], [], "qwen3", "all")
     assert row.trained_spans == [(0, len(row.text))]

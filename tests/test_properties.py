@@ -33,10 +33,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qwenrecipes.data.render_text import chatml_text
+from qwenrecipes.data.tokens import IGNORE, tokenize_row, tokenizer_for
 from qwenrecipes.engines import ENGINES
 from qwenrecipes.errors import RecipeError
 from qwenrecipes.recipe.load import build_recipe, recipe_schema
-from qwenrecipes.recipe.plan import TRAIN_FILE, make_plan
+from qwenrecipes.recipe.plan import TRAIN_FILE, TRAIN_TOKENS_FILE, make_plan
 from qwenrecipes.render.folder import COMMAND_FILE, RESOLVED_RECIPE, render_plan, write_rendered
 from tests.conftest import run_cli
 
@@ -219,6 +221,14 @@ def call_keywords(text: str, name: str) -> dict[str, ast.expr]:
     return {k.arg: k.value for k in calls[0].keywords if k.arg is not None}
 
 
+def assigned(text: str, name: str) -> ast.expr:
+    """The value assigned to module-level `name` (exactly once)."""
+    values = [n.value for n in ast.parse(text).body if isinstance(n, ast.Assign)
+              and [ast.unparse(t) for t in n.targets] == [name]]
+    assert len(values) == 1, name
+    return values[0]
+
+
 def literal(node: ast.expr) -> Any:
     return ast.literal_eval(node)
 
@@ -269,7 +279,11 @@ def expected_at_keys(engine: str, files: dict[str, str], parsed: dict[str, Any])
         yield "output_dir", cfg["output_dir"]
         yield "output_dir", args["--output_dir"]
         entry = parsed["data/dataset_info.json"]["qwenrecipes_train"]
-        yield "train_file", entry.get("hf_hub_url") or f"data/{entry['file_name']}"
+        if "load_tokens.py" in files:  # token handoff: it saves these rows where tokenized_path loads them
+            yield "train_file", literal(assigned(files["load_tokens.py"], "FILES"))["train"]
+            yield "train_text_file", f"data/{entry['file_name']}"  # the dataset entry LF still needs, unread
+        else:
+            yield "train_file", entry.get("hf_hub_url") or f"data/{entry['file_name']}"
         yield "split", entry.get("split", "train")
     elif engine == "trl":
         cfg = parsed["trl_config.yaml"]
@@ -318,11 +332,14 @@ def check_case(case: Case, engine: str, workdir: Path) -> None:
             assert ([t for t in parsed[name] if t not in OFFLINE_FLAGS]
                     == [t for t in benign_parsed[name] if t not in OFFLINE_FLAGS]), "COMMAND holds no recipe string"
             assert files[name].splitlines()[0] == benign_text[name].splitlines()[0]
-        elif name != TRAIN_FILE:
+        elif name not in (TRAIN_FILE, TRAIN_TOKENS_FILE):  # the data files: compared as data below
             assert shape(parsed[name]) == shape(benign_parsed[name]), name
 
+    # Local data: the engine reads the prepared rows, as token ids under the token handoff (the default).
+    local_file = TRAIN_TOKENS_FILE if TRAIN_TOKENS_FILE in files else TRAIN_FILE
     expected = {"model": expected_model(case, workdir), "output_dir": case.output_dir,
-                "train_file": case.data_path if case.hub else TRAIN_FILE, "split": case.split}
+                "train_file": case.data_path if case.hub else local_file, "train_text_file": TRAIN_FILE,
+                "split": case.split}
     for label, value in expected_at_keys(engine, files, parsed):
         assert value == expected[label], (label, value)
 
@@ -339,10 +356,26 @@ def check_case(case: Case, engine: str, workdir: Path) -> None:
     assert parsed["plan.json"]["model_path"] == expected["model"]
 
     if not case.hub:  # data content: the prepared rows hold the hostile text, unchanged
-        rows = parsed[TRAIN_FILE]
-        assert rows and all(r == {"messages": [{"role": "system", "content": case.system},
-                                               {"role": "user", "content": case.user},
-                                               {"role": "assistant", "content": case.answer}]} for r in rows)
+        messages = [{"role": "system", "content": case.system}, {"role": "user", "content": case.user},
+                    {"role": "assistant", "content": case.answer}]
+        # The one row, once per pass of the consumption order (Plan.train_stream): max_steps 2 x batch 1 = 2.
+        passes = document_for(case)["training"]["max_steps"]
+        assert parsed[TRAIN_FILE] == [{"messages": messages}] * passes, "the hostile text unchanged"
+        # The token handoff: that row's ids and labels as qwenrecipes' one tokenization makes them (the
+        # tokenizer reads the hostile text as text), in the engine's own pre-tokenized form.
+        if TRAIN_TOKENS_FILE in files:
+            tokenizer = tokenizer_for(expected["model"])
+            tokens = tokenize_row(messages, "assistant", tokenizer)
+            assert parsed[TRAIN_TOKENS_FILE] == [ENGINES[engine].token_row(tokens.input_ids, tokens.labels)] * passes
+            # Those ids are the ChatML text (NFC-normalized, as the Qwen tokenizer reads any text: engines too),
+            # with no turn marker but the row's own three, and only the reply and its <|im_end|> are trained.
+            text = unicodedata.normalize("NFC", chatml_text(messages))
+            assert tokenizer.decode(tokens.input_ids, skip_special_tokens=False) == text
+            for marker in ("<|im_start|>", "<|im_end|>"):
+                assert tokens.input_ids.count(tokenizer.token_to_id(marker)) == 3, marker
+            trained = tokenizer.decode([t for t in tokens.labels if t != IGNORE], skip_special_tokens=False)
+            answer = unicodedata.normalize("NFC", case.answer)
+            assert trained.endswith(answer + "<|im_end|>") and len(trained) <= len(answer) + 11, trained
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)

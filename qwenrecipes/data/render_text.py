@@ -89,7 +89,9 @@ def training_text(row: Sequence[Mapping[str, Any]], train_on: str = "assistant")
 def split_reasoning(message: Mapping[str, Any], rule: str) -> tuple[str, str]:
     """(reasoning, answer) of an assistant turn. ``qwen3_official`` reads them as the template does
     (``reasoning_content`` as given, else the text before ``</think>``); the other rules as qwenrecipes always
-    has (reasoning_content or the inline block, the block removed from the answer, its leading newlines too)."""
+    has (reasoning_content or the inline block, the block removed from the answer). ``qwen3`` also strips the
+    answer's leading newlines, as the template does after the think block it writes; ``qwen3_nothink`` writes no
+    block, so its answer is the content as given (validate refuses any think block there)."""
     content = message["content"]
     if rule == "qwen3_official":
         if "reasoning_content" in message:
@@ -99,7 +101,9 @@ def split_reasoning(message: Mapping[str, Any], rule: str) -> tuple[str, str]:
             return head.rstrip("\n").split("<think>")[-1].lstrip("\n"), content.split("</think>")[-1].lstrip("\n")
         return "", content
     inline = THINK_RE.findall(content)
-    return message.get("reasoning_content") or (inline[0] if inline else ""), THINK_RE.sub("", content).lstrip("\n")
+    answer = THINK_RE.sub("", content)
+    return message.get("reasoning_content") or (inline[0] if inline else ""), (
+        answer.lstrip("\n") if rule == "qwen3" else answer)
 
 
 def tool_calls_text(calls: Sequence[Mapping[str, Any]], answer: str) -> str:

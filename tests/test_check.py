@@ -33,18 +33,9 @@ MISRENDER_ENGINES = ["axolotl", "llamafactory", "trl"]
 CPU_RECIPES = [p for p in EXAMPLE_RECIPES if target_for(p) == "cpu"]
 # Every engine's shipped-recipe check is a real run of its data path (minutes on 2 cores): the first three engines
 # on every example, Unsloth and ms-swift (slow to import) on the CPU examples they run here.
-# Known failures found when Unsloth and ms-swift joined (strict: a fix turns them into errors to remove here).
-SHIPPED_BUGS = {
-    ("tiny-cpu-ddp", "unsloth"): "check runs train_unsloth.py in one process; it refuses a 2-process plan "
-                                 "(planned for 2 process(es), launched with 1)",
-    ("tiny-cpu-demo", "unsloth"): "max_seq_length 64: Unsloth returned 12 rows for 13 samples (drops a row)",
-    ("tiny-cpu-demo", "swift"): "max_seq_length 64: swift raises MaxLengthError on a 66-token row",
-}
-SHIPPED_CASES = [
-    pytest.param(recipe, engine, id=f"{recipe.stem}-{engine}",
-                 marks=[pytest.mark.xfail(strict=True, reason=SHIPPED_BUGS[(recipe.stem, engine)])]
-                 if (recipe.stem, engine) in SHIPPED_BUGS else [])
-    for engine in CPU_ENGINES for recipe in (EXAMPLE_RECIPES if engine in MISRENDER_ENGINES else CPU_RECIPES)]
+SHIPPED_CASES = [pytest.param(recipe, engine, id=f"{recipe.stem}-{engine}")
+                 for engine in CPU_ENGINES
+                 for recipe in (EXAMPLE_RECIPES if engine in MISRENDER_ENGINES else CPU_RECIPES)]
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
                 {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"},
                 {"role": "assistant", "content": "Bye."}]

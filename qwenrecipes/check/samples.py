@@ -192,12 +192,21 @@ def build_samples(plan: Plan, *, data_samples: int | None = DEFAULT_SAMPLES) -> 
     for k in range(count):
         index = k * len(rows) // count
         samples.append(Sample(f"data_row_{index + 1}", "data", rows[index]))
+    max_tokens = plan.recipe.data["max_seq_length"]
+    hard: list[tuple[str, list[dict[str, Any]]]] = []
     for name, messages, tools in _raw_hard_cases(template):
         rows_of_case = _rows(messages, tools, template)
         for part, row in enumerate(rows_of_case, start=1):
             suffix = f"_part{part}" if len(rows_of_case) > 1 else ""
-            samples.append(Sample(name + suffix, "builtin", row))
-    max_tokens = plan.recipe.data["max_seq_length"]
+            hard.append((name + suffix, row))
+    # The data path's length rule applies to the hard cases too (the recipe's rows already went through it): a
+    # case over max_seq_length (a 288-token tool conversation under the demo's 64) would be dropped by qwenrecipes,
+    # so no engine is handed it, and an engine handed it truncates, drops or refuses it instead.
+    too_long = datamod.overlong_rows([row for _, row in hard], max_tokens)
+    for index, (name, row) in enumerate(hard):
+        dropped = (f"{too_long[index]} tokens > max_seq_length {max_tokens}: dropped by qwenrecipes, no engine is "
+                   "handed it") if index in too_long else ""
+        samples.append(Sample(name, "builtin", row, dropped=dropped))
     samples.append(Sample("long_turn", "builtin", _long_case(template, max_tokens)))
     samples.append(_over_length_case(template, max_tokens))
     return samples

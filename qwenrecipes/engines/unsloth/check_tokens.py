@@ -38,8 +38,14 @@ def tokenize() -> list[dict[str, list[int]]]:
 
     transformers.Trainer.train = intercept  # every trainer class Unsloth builds inherits it
     sys.argv = [SCRIPT]
+    # Loaded without running main(), which is then called with the script's planned process count set to this
+    # one process: the check reads the data path only, and a multi-process plan's guard (planned for N processes,
+    # launched with 1) concerns the effective batch, not tokens. The rendered script, and its guard, are unchanged.
+    script = runpy.run_path(SCRIPT, run_name="qwenrecipes_check")
+    main = script["main"]
+    main.__globals__["WORLD_SIZE"] = int(os.environ.get("WORLD_SIZE", "1"))
     with contextlib.suppress(_Built):
-        runpy.run_path(SCRIPT, run_name="__main__")
+        main()
     trainer = built.get("trainer")
     if trainer is None:
         raise RuntimeError(f"{SCRIPT} finished without calling trainer.train()")

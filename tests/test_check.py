@@ -23,7 +23,7 @@ from qwenrecipes.check.tokens import (
 from qwenrecipes.cli.check import check, compare
 from qwenrecipes.data.tokenizer_files import load_qwen3_tokenizer
 from qwenrecipes.recipe.plan import plan_recipe
-from tests.conftest import EXAMPLE_RECIPES, RECIPES, target_for
+from tests.conftest import EXAMPLE_RECIPES, RECIPES, target_for, tiny_plan
 
 TINY = RECIPES / "tiny-cpu.yaml"
 QLORA = RECIPES / "qwen3-4b-qlora.yaml"  # chat_template qwen3: the think block case
@@ -353,8 +353,8 @@ def _misrender(monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
 
         original_trl = trl_engine._sections
 
-        def trl_sections(plan: object) -> dict[str, dict[str, object]]:
-            sections = original_trl(plan)  # type: ignore[arg-type]
+        def trl_sections(plan: object, tokens: bool) -> dict[str, dict[str, object]]:
+            sections = original_trl(plan, tokens)  # type: ignore[arg-type]
             sections["template"]["assistant_only_loss"] = False
             return sections
 
@@ -364,10 +364,17 @@ def _misrender(monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
 @pytest.mark.engine
 @pytest.mark.parametrize("engine", MISRENDER_ENGINES)
 def test_check_fails_with_readable_diff_on_misrendered_config(engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mis-set mask in the engine's config matters when the engine masks the text itself (data.handoff: text):
+    check catches it. (Under the token handoff the engine never masks, so the same config cannot mis-train.)"""
     _require_env(engine)
     _misrender(monkeypatch, engine)
-    report = check_recipe(plan_recipe(TINY, target="cpu"), [engine], data_samples=1)
+    report = check_recipe(tiny_plan({}, target="cpu"), [engine], data_samples=1)
+    assert report.engines[0].handoff == "text"
     assert not report.ok
+    if engine == "llamafactory" and report.engines[0].status == "error":
+        # Known gap of the text handoff only: LLaMA-Factory's own text path drops one built-in hard case, so check
+        # stops at the row count before comparing rows. The token handoff (the default) carries every row.
+        pytest.xfail(report.engines[0].reason)
     result = next(r for r in report.engines[0].results if r.sample == "system_prompt")
     assert result.status == "mismatch", result.diff
     assert "trained where it should be masked" in result.diff

@@ -257,7 +257,7 @@ def test_browser_form_render_run_and_stop(project: Path, tmp_path: Path) -> None
 
             page.click("#tabs button[data-tab='engines']")
             page.click("#render-btn")
-            expect(page.locator("#engines-grid .engine")).to_have_count(4, timeout=120_000)
+            expect(page.locator("#engines-grid .engine")).to_have_count(len(ENGINES), timeout=120_000)
             expect(page.locator("[data-engine='trl'] pre")).to_contain_text("learning_rate: 0.002")
             expect(page.locator("#explain table tr").first).to_be_visible()
             shot(page, "2-engines")

@@ -14,17 +14,15 @@ straight through and download their datasets (``online``); model weights never d
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qwenrecipes.data.tokenizer_files import TOKENIZER_FILES, qwen3_tokenizer_dir
+from qwenrecipes.data.tokenizer_files import qwen3_tokenizer_dir
 from qwenrecipes.errors import QwenRecipesError
 from qwenrecipes.evaluate.models import ModelSpec, ProgressCallback, run_eval_script
-from qwenrecipes.export.source import read_json, write_json
-from qwenrecipes.export.templates import ENDOFTEXT, IM_END, inference_chat_template
+from qwenrecipes.export.merge import write_tokenizer_files
 
 THINK_END = "</think>"
 
@@ -32,15 +30,7 @@ THINK_END = "</think>"
 def tokenizer_dir(folder: Path, chat_template: str) -> Path:
     """The Qwen3 tokenizer files with the recipe's inference template and <|im_end|> as EOS, in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    source = qwen3_tokenizer_dir()
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(source / name, folder / name)
-    template = inference_chat_template(chat_template)
-    config = read_json(folder / "tokenizer_config.json")
-    config.update(chat_template=template, eos_token=IM_END, pad_token=ENDOFTEXT)
-    write_json(folder / "tokenizer_config.json", config)
-    # transformers 5 prefers chat_template.jinja when both exist: write both, identical.
-    (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+    write_tokenizer_files(folder, qwen3_tokenizer_dir(), chat_template)
     return folder
 
 

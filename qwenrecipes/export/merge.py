@@ -61,10 +61,9 @@ def prepare_out(out: Path, force: bool) -> None:
         shutil.rmtree(out)
 
 
-def finalize_model_dir(folder: Path, *, tokenizer_from: Path, template_name: str,
-                       generation_base: Path | None) -> None:
-    """Tokenizer files, chat template, generation_config and config EOS of a merged (or full) model folder:
-    the files `verify-export` and the GGUF converter read."""
+def write_tokenizer_files(folder: Path, tokenizer_from: Path, template_name: str) -> None:
+    """The tokenizer files of ``tokenizer_from`` in ``folder``, with the recipe's inference chat template and
+    <|im_end|> as EOS: what a merged model, a GGUF conversion and lm-eval's tokenizer all read."""
     for name in TOKENIZER_FILES:
         shutil.copyfile(tokenizer_from / name, folder / name)
     template = inference_chat_template(template_name)
@@ -74,6 +73,13 @@ def finalize_model_dir(folder: Path, *, tokenizer_from: Path, template_name: str
     # transformers 5 prefers chat_template.jinja over tokenizer_config.json when both exist; the GGUF
     # converter reads either. Write both, identical, so no reader can see a stale one.
     (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+
+
+def finalize_model_dir(folder: Path, *, tokenizer_from: Path, template_name: str,
+                       generation_base: Path | None) -> None:
+    """Tokenizer files, chat template, generation_config and config EOS of a merged (or full) model folder:
+    the files `verify-export` and the GGUF converter read."""
+    write_tokenizer_files(folder, tokenizer_from, template_name)
 
     generation: dict[str, Any] = qwen3_generation_config()
     if generation_base is not None and (generation_base / "generation_config.json").is_file():

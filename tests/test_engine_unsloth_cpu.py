@@ -61,5 +61,7 @@ def test_check_every_row_on_its_real_code_path(handoff: str) -> None:
     bad = [f"{r.sample}: {r.status}\n{r.diff}" for r in engine.results if r.status != "equal"]
     if handoff == "tokens":
         assert not bad, "\n".join(bad)
-    else:  # Unsloth's own text mask: literal special-token text in content is where it differs (issue 13)
-        assert all(r.status == "equal" for r in engine.results if not r.sample.startswith("special_tokens")), bad
+    else:  # Unsloth's own text mask (docs/equivalence.md, limits of the text handoff): literal special-token text
+        # in content (issue 13), and a reply starting with "\n", whose "\n\n" token hides the header it searches for
+        known = ("special_tokens", "whitespace_replies")
+        assert all(r.status == "equal" for r in engine.results if not r.sample.startswith(known)), bad

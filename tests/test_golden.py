@@ -50,6 +50,8 @@ def test_render_matches_golden(recipe: Path, engine: str) -> None:
     folder = GOLDEN / recipe.stem / engine
     for name, text in files.items():
         assert parse_back(name, text) is not None
+        # A rendered folder is copied to the GPU host: it must not name the machine it was rendered on.
+        assert str(REPO) not in _normalize(text), f"{recipe.stem}/{engine}/{name} names this checkout's path"
     if UPDATE_GOLDEN:
         for old in folder.rglob("*") if folder.exists() else []:
             if old.is_file():

@@ -3,7 +3,10 @@ tests/recipes/parity.yaml (tiny Qwen3, identical initial weights, qwenrecipes' r
 LoRA B=0 at init) through `qwenrecipes run`, and their losses agree:
 step 1 within 1 % (it is the base model's loss on the same first batch), the final step within 3 %.
 
-The runs are shared by every test here (one module-scoped fixture), since each takes minutes on a busy CPU.
+The same holds with `data.packing: true` (issue 14): qwenrecipes packs once and every engine that takes its bins
+(`Engine.packing_problems` empty) trains the same bins in the same order, so their curves overlay too.
+
+The runs are shared by every test here (one module-scoped fixture per mode), since each takes minutes on a busy CPU.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from qwenrecipes.run.compare import CompareRow, compare_runs, relative_spread
@@ -42,18 +46,43 @@ def _available() -> tuple[list[str], dict[str, str]]:
     return found, missing
 
 
-@pytest.fixture(scope="module")
-def parity_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def _packed_recipe(root: Path) -> Path:
+    """parity.yaml with qwenrecipes' packing on (bins of max_seq_length 256), its data path made absolute."""
+    document = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
+    document["data"]["packing"] = True
+    document["data"]["train"]["path"] = str((RECIPE.parent / document["data"]["train"]["path"]).resolve())
+    recipe = root / "parity-packed.yaml"
+    recipe.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return recipe
+
+
+def _takes_the_bins(recipe: Path, engines: list[str]) -> list[str]:
+    from qwenrecipes.engines import ENGINES as REGISTRY
+    from qwenrecipes.recipe.plan import plan_recipe
+
+    plan = plan_recipe(recipe, target="cpu")
+    assert plan.packing is not None
+    return [engine for engine in engines if not REGISTRY[engine].packing_problems(plan)]
+
+
+@pytest.fixture(scope="module", params=["unpacked", "packed"])
+def parity_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     engines, missing = _available()
     if missing:
         pytest.skip("loss parity needs every CPU engine env; missing: "
                     + "; ".join(f"{e} ({reason})" for e, reason in missing.items()))
-    root = tmp_path_factory.mktemp("parity")
+    root = tmp_path_factory.mktemp(f"parity-{request.param}")
+    recipe = RECIPE
+    if request.param == "packed":
+        recipe = _packed_recipe(root)
+        engines = _takes_the_bins(recipe, engines)
+        if len(engines) < 2:
+            pytest.skip(f"packed parity needs two engines that take qwenrecipes' bins; only {engines}")
     runs: dict[str, Path] = {}
     for engine in engines:
         run_dir = root / engine
         proc = subprocess.run(
-            [sys.executable, "-c", "from qwenrecipes.cli import main; main()", "run", str(RECIPE), "--engine", engine,
+            [sys.executable, "-c", "from qwenrecipes.cli import main; main()", "run", str(recipe), "--engine", engine,
              "--run-dir", str(run_dir), "--target", "cpu"],
             cwd=root, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
         assert proc.returncode == 0, f"{engine} run failed:\n{proc.stderr[-3000:]}"

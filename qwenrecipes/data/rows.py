@@ -27,7 +27,7 @@ Row = list[dict[str, Any]]
 class RowReport:
     """One input row that is neither trained nor evaluated (or, kind special_tokens, kept with a note), and why."""
 
-    file: str
+    file: str  # as the recipe names it (data.train.path / data.eval.path): rendered files stay machine-independent
     row: int
     split: str  # "train" | "eval": which dataset the row came from
     reason: str
@@ -85,7 +85,7 @@ def _special(conversations: list[prepare.Conversation], ref: DatasetRef, split: 
             shown.append(Problem(str(ref.local_path), "", f"... and {len(problems) - len(shown)} more rows with "
                                                           "special-token text"))
         raise RecipeError(shown)
-    return [RowReport(str(ref.local_path), c.row, split, "; ".join(fields) + " (kept: read as the tokens)")
+    return [RowReport(ref.path, c.row, split, "; ".join(fields) + " (kept: read as the tokens)")
             for c, fields in found]
 
 
@@ -102,7 +102,7 @@ def _prepared(conversations: list[prepare.Conversation], ref: DatasetRef, split:
         conversation = conversations[g]
         if len(rows) > 1:
             turns = [i + 1 for i in render_text.dropped_reasoning_turns(conversation.messages)]
-            splits.append(SplitReport(str(ref.local_path), conversation.row, split, len(rows), turns))
+            splits.append(SplitReport(ref.path, conversation.row, split, len(rows), turns))
         keep = []
         for k, row in enumerate(rows):
             tokens = too_long.get(position[(g, k)])
@@ -110,7 +110,7 @@ def _prepared(conversations: list[prepare.Conversation], ref: DatasetRef, split:
                 keep.append(row)
                 continue
             part = f"row part {k + 1} of {len(rows)}: " if len(rows) > 1 else ""
-            reports.append(RowReport(str(ref.local_path), conversation.row, split,
+            reports.append(RowReport(ref.path, conversation.row, split,
                                      f"{part}{tokens} tokens > max_seq_length {max_tokens} (dropped: no engine "
                                      "truncates)"))
         if keep:

@@ -28,8 +28,9 @@ def _liger(plan: Plan, engine: str) -> tuple[bool, str]:
         return False, f"auto: off with {plan.precision} training"
     if method == "qlora":
         return False, "auto: off with qlora (Liger fails on 4-bit weights in several engines)"
-    if not ENGINES[engine].supports_liger:  # such an engine fuses the same ops with its own kernels, or cannot
-        return False, f"auto: off for {engine}, which fuses the same ops with its own kernels"
+    if not ENGINES[engine].supports_liger:  # its notes say why (no liger-kernel in its env); else its own kernels
+        reason = ENGINES[engine].notes.get("liger_kernel", f"{engine} fuses the same ops with its own kernels")
+        return False, f"auto: off for {engine}: {reason}"
     return True, "auto: on (fused linear cross-entropy: same loss, the full logits are never materialised)"
 
 

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from qwenrecipes.data.packing import PackedRow
+from qwenrecipes.data.tokens import IGNORE
+from qwenrecipes.engines.llamafactory.effective import PACKING_BINS_LF
 from qwenrecipes.engines.llamafactory.engine import ENGINE, LOSS_MASK_LF
 from qwenrecipes.errors import RecipeError
 from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ALL, THINK_INLINE, TRUNCATION_NONE
 from qwenrecipes.recipe.load import ALL_LINEAR
-from qwenrecipes.recipe.plan import Plan
+from qwenrecipes.recipe.plan import Plan, plan_recipe
 from tests.conftest import render_resolved, tiny_plan
+from tests.test_packing import _packed_recipe
+
+LF_SCRIPT = Path(__file__).parent / "scripts" / "lf_packed_losses.py"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +42,7 @@ def qlora_plan() -> Plan:
                                     "compute_dtype": "bfloat16"}},
         "training": {"precision": "bf16", "optimizer": "paged_adamw_8bit", "gradient_checkpointing": True,
                      "save_steps": None, "eval_steps": 5},
-        "data": {"val_fraction": 0.1},  # packed bins are refused (test_packed_bins_refused_with_reason)
+        "data": {"val_fraction": 0.1},
         "distributed": {"gpus": 2, "strategy": "deepspeed_zero2"},
     })
 
@@ -114,11 +124,29 @@ def test_qlora_cuda(qlora_plan: Plan) -> None:
     assert env["DISABLE_VERSION_CHECK"] == "1" and env["WANDB_MODE"] == "disabled"
 
 
-def test_packed_bins_refused_with_reason() -> None:
-    """qwenrecipes' bins (data.packing, token handoff) are refused, never re-binned by LLaMA-Factory's own packer:
-    the promise is the same bins on every engine."""
-    plan = tiny_plan({"data": {"packing": True}})
-    with pytest.raises(RecipeError, match=r"data\.packing: llamafactory: .*position_ids.*set packing: false"):
+def test_packed_bins_through_the_token_handoff() -> None:
+    """qwenrecipes' bins (data.packing) are saved as they are for tokenized_path, never re-binned by LLaMA-Factory's
+    own packer: each token's attention_mask is its 1-based row index in the bin, and neat_packing makes LF's
+    collator build the block-diagonal mask from it."""
+    plan = tiny_plan({"data": {"packing": True}}, target="cpu")
+    assert plan.packing is not None and ENGINE.handoff(plan) == "tokens" and not ENGINE.packing_problems(plan)
+    files = render_resolved(ENGINE, plan)
+    cfg = yaml.safe_load(files["llamafactory.yaml"])
+    assert cfg["tokenized_path"] == "data/tokenized" and cfg["disable_shuffling"] is True
+    assert cfg["packing"] is True and cfg["neat_packing"] is True and cfg["cutoff_len"] == 513
+    assert cfg["max_steps"] == plan.max_steps and cfg["flash_attn"] == "sdpa"
+    assert "neat_packing" in files["load_tokens.py"] and ENGINE.command(plan)[:2] == ["python", "load_tokens.py"]
+    assert ENGINE.effective(files)["packing"] == PACKING_BINS_LF
+    row = ENGINE.packed_row(PackedRow([1, 2, 3, 4, 5], [IGNORE, 2, 3, IGNORE, 5], [0, 1, 2, 0, 1], [3, 2]))
+    assert row == {"input_ids": [1, 2, 3, 4, 5], "attention_mask": [1, 1, 1, 2, 2], "labels": [IGNORE, 2, 3, IGNORE, 5]}
+
+
+def test_packed_bins_refused_with_flash_attention_2() -> None:
+    """With flash_attention_2 LF's neat_packing collator drops the 4-D mask and needs position ids the bins do
+    not carry: refused with the reason, never handed to LF's own packer."""
+    plan = tiny_plan({"data": {"packing": True}, "model": {"attn": "flash_attention_2"}})
+    with pytest.raises(RecipeError, match=r"model\.attn: llamafactory: with flash_attention_2 .*position_ids.*"
+                                          r"use sdpa or eager"):
         render_resolved(ENGINE, plan)
 
 
@@ -178,3 +206,81 @@ def test_full_finetune_train_on_all() -> None:
     effective = ENGINE.effective(render_resolved(ENGINE, plan))
     assert effective["method"] == "full" and effective["lora_r"] is None
     assert effective["loss_mask"] == LOSS_MASK_ALL
+
+
+def _lf_packed_losses(tmp_path: Path, plan: Plan, bins: list[tuple[int, ...]]) -> dict[str, Any]:
+    """tests/scripts/lf_packed_losses.py in the llamafactory env: ``bins`` (one micro-batch, as the engine writes
+    them) through LF's own SFT collator, and their rows one by one, with sdpa and eager."""
+    from qwenrecipes.data.packing import packed_row
+    from qwenrecipes.run.envs import env_for
+
+    assert plan.packing is not None
+    tokens = plan.packing.tokens
+    cases = {"bins": [ENGINE.packed_row(packed_row(tokens, b)) for b in bins],
+             "rows": [{"input_ids": tokens[i].input_ids, "labels": tokens[i].labels} for b in bins for i in b]}
+    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+    subprocess.run([str(env_for("llamafactory").python), "-P", str(LF_SCRIPT), str(tmp_path / "cases.json"),
+                    plan.model_path, str(tmp_path / "out.json")], check=True, timeout=900,
+                   env={**os.environ, **ENGINE.environment(plan)})
+    result: dict[str, Any] = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))["impls"]
+    return result
+
+
+@pytest.mark.engine
+def test_lf_collator_keeps_the_rows_of_a_bin_apart(tmp_path: Path) -> None:
+    """Per-token losses of three bins (one micro-batch, a short one padded by the collator) through LF's
+    SFTDataCollatorWith4DAttentionMask (neat_packing: block-diagonal 4-D mask, no position ids) equal those of their
+    rows run one by one, with sdpa and eager; with block_diag_attn off (the row indices as a 2-D mask) they do not."""
+    plan = plan_recipe(_packed_recipe(tmp_path, max_seq_length=256, train_on="all"), target="cpu")
+    assert plan.packing is not None
+    bins = [plan.packing.bins[0], plan.packing.bins[-1], plan.packing.bins[len(plan.packing.bins) // 2]]
+    assert len({sum(plan.packing.lengths[i] for i in b) for b in bins}) > 1 and all(len(b) >= 2 for b in bins)
+    for impl, got in _lf_packed_losses(tmp_path, plan, bins).items():
+        assert got["collator_keys"] == ["attention_mask", "input_ids", "labels"] and len(got["mask_shape"]) == 4
+        offset, compared, control_gap = 0, 0, 0.0
+        for row_losses in got["separate"]:
+            packed = got["packed"][offset:offset + len(row_losses)]
+            control = got["control"][offset:offset + len(row_losses)]
+            assert packed[0] is None  # the row's first token is never predicted from the previous row
+            for t in range(1, len(row_losses)):
+                assert (row_losses[t] is None) == (packed[t] is None), (impl, offset, t)
+                if row_losses[t] is not None:
+                    assert packed[t] == pytest.approx(row_losses[t], rel=1e-4, abs=1e-4), (impl, offset, t)
+                    control_gap = max(control_gap, abs(control[t] - row_losses[t]))
+                    compared += 1
+            offset += len(row_losses)
+        assert offset == len(got["packed"]) and compared > 100
+        assert control_gap > 1e-3, f"{impl}: the 2-D mask control should attend across rows"
+
+
+@pytest.mark.engine
+def test_llamafactory_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> None:
+    """A real LLaMA-Factory run of a packed recipe (`qwenrecipes run`): its first logged loss (LoRA B = 0 at init:
+    the base model's loss on the first step's bins) equals the token-weighted mean loss of those bins' rows run one
+    by one, and is told apart from the loss with rows attending across."""
+    recipe = _packed_recipe(tmp_path, max_seq_length=256, train_on="all")
+    document = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    document["training"].update({"max_steps": 3, "warmup_steps": 1})
+    recipe.write_text(yaml.safe_dump(document), encoding="utf-8")
+    plan = plan_recipe(recipe, target="cpu")
+    assert plan.packing is not None and plan.bin_stream
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", "from qwenrecipes.cli import main; main()", "run", str(recipe),
+                           "--engine", "llamafactory", "--run-dir", str(run_dir), "--target", "cpu"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bins = plan.bin_stream[:plan.effective_batch]
+    written = (run_dir / "data" / "train.tokens.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(written) == len(plan.bin_stream)  # one saved row per bin, in training order
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [e["step"] for e in events if e.get("type") == "train"] == [1, 2, 3]  # qwenrecipes' max_steps
+    # LF's own log keeps the loss unrounded (events.jsonl rounds it).
+    log = (run_dir / "outputs" / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()
+    first = json.loads(log[0])
+    assert first["current_steps"] == 1 and first["total_steps"] == 3
+    got = _lf_packed_losses(tmp_path, plan, bins)["sdpa"]
+    values = [v for row in got["separate"] for v in row if v is not None]
+    control = [v for v in got["control"] if v is not None]
+    expected, across = sum(values) / len(values), sum(control) / len(control)
+    assert first["loss"] == pytest.approx(expected, rel=1e-5)
+    assert abs(across - expected) > 10 * 1e-5 * expected, "the control should tell attending across rows apart"

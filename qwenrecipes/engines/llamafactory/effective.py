@@ -22,6 +22,9 @@ from qwenrecipes.engines.llamafactory.engine import (
 from qwenrecipes.recipe import concepts
 from qwenrecipes.recipe.plan import EVAL_TOKENS_FILE, TRAIN_TOKENS_FILE
 
+PACKING_BINS_LF = ("qwenrecipes' bins, one packed row each, a block-diagonal mask from each token's row index "
+                   "(neat_packing collator; engine packer off)")
+
 
 def effective(files: dict[str, str]) -> dict[str, Any]:
     text = files[MAIN_FILE]
@@ -89,6 +92,8 @@ def effective(files: dict[str, str]) -> dict[str, Any]:
     packing = bool(cfg.get("packing", False))
     packing_value: Any = packing if (not packing or cfg.get("neat_packing")) else (
         "packed without neat_packing: rows attend to each other")
+    if packing_value is True and tokenized:  # the saved rows are qwenrecipes' bins (LF's packer never runs)
+        packing_value = PACKING_BINS_LF
     save_strategy = cfg.get("save_strategy", "steps")
     save_steps = cfg.get("save_steps", 500) if save_strategy == "steps" else (
         None if save_strategy == "no" else save_strategy)

@@ -26,6 +26,7 @@ import shlex
 from types import MappingProxyType
 from typing import Any
 
+from qwenrecipes.data.packing import PackedRow
 from qwenrecipes.engines.base import BaseEngine, BundleSpec, EnvSpec, Residual, engine_environment, header_context
 from qwenrecipes.engines.deepspeed import DEEPSPEED_FILE, deepspeed_config
 from qwenrecipes.engines.launchers import accelerate_args, cpu_fsdp_problems, is_multiprocess, torchrun_environment
@@ -53,8 +54,21 @@ LOAD_TOKENS = "load_tokens.py"  # token handoff: saves data/*.tokens.jsonl where
 TOKENIZED_PATH = f"{DATASET_DIR}/tokenized"
 SMALL_DATA_ROWS = 5000  # below this, one preprocessing process is faster than spawning workers
 
+# qwenrecipes' bins (data.packing, token handoff): each bin one saved row whose attention_mask holds every token's
+# 1-based row index in the bin (the segment ids LF's own neat_packing writes). neat_packing makes LF's SFT collator
+# (SFTDataCollatorWith4DAttentionMask, data/collator.py) turn them into a block-diagonal causal 4-D mask for these
+# implementations; no position_ids reach the model, RoPE is relative, so each row gets its logits alone up to float
+# error (measured: docs/equivalence.md, Packing). With flash_attention_2 the collator drops the mask and keeps rows
+# apart only through a position_ids column with a micro-batch of 1, which this path does not hand it: refused.
+PACKED_ATTENTION = ("sdpa", "eager")
+PACKED_FA2_REFUSED = ("with flash_attention_2 LLaMA-Factory 0.9.5's neat_packing collator drops the attention mask and "
+                      "keeps a bin's rows apart only through position_ids (micro-batch 1), which its collator does not "
+                      "pad and qwenrecipes' bins do not carry here, so rows would attend across; not verified")
+
 NOTES: dict[str, str] = {
     "loss_mask": "LF's assistant slot is content<|im_end|>\\n: the newline after <|im_end|> is trained too",
+    "packing": "qwenrecipes' bins through LF's neat_packing collator: a block-diagonal 4-D mask from each token's row "
+               "index (no position ids; RoPE is relative): rows stay separate with sdpa and eager",
     "model_dtype": "LF loads weights in the bf16/fp16 training dtype; with fp32 on a GPU it infers bf16/fp16",
 }
 
@@ -76,11 +90,6 @@ class LlamaFactoryEngine(BaseEngine):
     name = "llamafactory"
     main_file = MAIN_FILE
     notes = NOTES
-    # Checked against LLaMA-Factory 0.9.5 (docs/equivalence.md, Packing).
-    packing_refused = ("its SFT collator pads input_ids, attention_mask and labels only (transformers' "
-                       "DataCollatorForSeq2Seq through tokenizer.pad), so no position_ids column reaches the model, "
-                       "and its per-row mask (neat_packing: a block-diagonal 4-D mask, data/collator.py) comes with "
-                       "its own packer, which re-bins the rows")
     # It refuses to import when transformers/peft/trl differ from its own (narrow) version list.
     env = EnvSpec("llamafactory", ("llamafactory.train.tuner",), health_env={"DISABLE_VERSION_CHECK": "1"})
     supports_liger = True
@@ -149,12 +158,14 @@ class LlamaFactoryEngine(BaseEngine):
             "template": TEMPLATE,
             # No effect on qwen3_nothink (a plain Template); false so no think block is ever added.
             "enable_thinking": False,
-            # With packing LF uses cutoff_len - 1 as the row budget: +1 keeps max_seq_length-token rows whole.
+            # With packing LF uses cutoff_len - 1 as the row budget (and model_max_length): +1 keeps
+            # max_seq_length-token rows whole. qwenrecipes' bins (tokenized_path) are never cut or re-binned.
             "cutoff_len": data["max_seq_length"] + (1 if data["packing"] else 0),
             "train_on_prompt": data["train_on"] == "all",
             "mask_history": False,
             "packing": data["packing"],
-            # Plain packing gives packed rows an all-ones attention mask (they attend to each other).
+            # Plain packing gives packed rows an all-ones attention mask (they attend to each other); neat_packing
+            # makes the collator build a block-diagonal mask from the row indices (its packer's or the bins').
             "neat_packing": data["packing"],
             "val_size": 0.0,  # qwenrecipes already split
             "streaming": False,
@@ -258,7 +269,8 @@ class LlamaFactoryEngine(BaseEngine):
         if self.handoff(plan) == "tokens":
             splits = {"train": TRAIN_TOKENS_FILE, **({"validation": EVAL_TOKENS_FILE} if plan.eval_rows else {})}
             files[LOAD_TOKENS] = render_template("llamafactory/load_tokens.py.j2", **header_context(plan, self.name),
-                                                 tokenized_path=TOKENIZED_PATH, files=splits)
+                                                 tokenized_path=TOKENIZED_PATH, files=splits,
+                                                 packed=plan.packing is not None)
         ds = deepspeed_config(plan)
         if ds is not None:
             files[DEEPSPEED_FILE] = render_template("llamafactory/deepspeed.json.j2", config=ds)
@@ -301,9 +313,17 @@ class LlamaFactoryEngine(BaseEngine):
                     "-m", "llamafactory.launcher", MAIN_FILE, *resume]
         return [*first, "llamafactory-cli", "train", MAIN_FILE, *resume]
 
-    def handoff(self, plan: Plan) -> str:
-        # Its packing happens in the preprocessing a saved dataset skips: packed recipes keep the text handoff.
-        return "text" if plan.recipe.data["packing"] else super().handoff(plan)
+    def packing_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        attn = plan.recipe.model["attn"]
+        if plan.packing is None or attn in PACKED_ATTENTION:
+            return []
+        why = PACKED_FA2_REFUSED if attn == "flash_attention_2" else f"{attn} is not verified to keep rows apart"
+        return [("model.attn", f"{why} (docs/equivalence.md, Packing): use {' or '.join(PACKED_ATTENTION)}")]
+
+    def packed_row(self, row: PackedRow) -> dict[str, Any]:
+        # Loaded from tokenized_path as is: LF's own packer (in the preprocessing a saved dataset skips) never runs.
+        segments = [n for n, length in enumerate(row.seq_lengths, 1) for _ in range(length)]
+        return {"input_ids": row.input_ids, "attention_mask": segments, "labels": row.labels}
 
     def environment(self, plan: Plan) -> dict[str, str]:
         # DISABLE_VERSION_CHECK: LF 0.9.5 refuses transformers/peft/trl versions outside its own pins at

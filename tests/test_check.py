@@ -318,6 +318,21 @@ def test_check_passes_on_shipped_recipe(recipe: Path, engine: str) -> None:
     assert all(r.status == "equal" and not r.residuals for r in engine_report.results), _failures(report)
 
 
+@pytest.mark.engine
+@pytest.mark.parametrize("engine", ["trl", "llamafactory"])
+def test_check_of_a_packed_recipe_compares_rows(engine: str) -> None:
+    """A packed recipe is checked row by row (its bins are those rows concatenated): the engine is handed the
+    samples, not the plan's bins, so it returns exactly one tokenized row per sample."""
+    _require_env(engine)
+    plan = tiny_plan({"data": {"packing": True}}, target="cpu")
+    assert plan.packing is not None
+    report = check_recipe(plan, [engine], data_samples=3)
+    assert report.ok, _failures(report)
+    (engine_report,) = report.engines
+    assert engine_report.handoff == "tokens"
+    assert engine_report.results and all(r.status == "equal" for r in engine_report.results), _failures(report)
+
+
 def _misrender(monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
     """Train the user turns too, the way a hand-written config typically gets it wrong."""
     if engine == "axolotl":

@@ -201,7 +201,12 @@ class EngineReport:
 def check_plan_for(plan: Plan) -> Plan:
     """The plan whose render the engines preprocess: a hub model id is swapped for the bundled tiny Qwen3,
     which carries the real Qwen3 tokenizer (one tokenizer for every Qwen3 size), so nothing is downloaded
-    and no multi-GB weights are needed to tokenize. A local model dir is kept: its own tokenizer counts."""
+    and no multi-GB weights are needed to tokenize. A local model dir is kept: its own tokenizer counts.
+    Packing is switched off: check compares each row's tokens and mask, and a packed recipe's bins are those same
+    rows concatenated (data/packing.py; tests/test_packing.py proves each engine's bins keep their rows apart)."""
+    if plan.recipe.data["packing"]:
+        raw = {**plan.recipe.raw, "data": {**plan.recipe.raw["data"], "packing": False}}
+        plan = dataclasses.replace(plan, recipe=dataclasses.replace(plan.recipe, raw=raw), packing=None)
     if Path(os.path.expanduser(plan.model_path)).is_dir():  # os.path's never raises for an unknown ~user
         return plan
     from qwenrecipes.data.tiny import TINY_QWEN3_REF, resolve_builtin_model

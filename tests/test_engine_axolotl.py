@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from qwenrecipes.data.packing import packed_row
 from qwenrecipes.engines.axolotl.engine import ENGINE, LORA_KERNELS
 from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
 from qwenrecipes.errors import RecipeError
-from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ASSISTANT, THINK_INLINE, TRUNCATION_NONE
+from qwenrecipes.recipe.concepts import (
+    CONCEPTS,
+    LOSS_MASK_ASSISTANT,
+    PACKING_BINS,
+    THINK_INLINE,
+    TRUNCATION_NONE,
+)
 from qwenrecipes.recipe.load import ALL_LINEAR
-from qwenrecipes.recipe.plan import Plan
+from qwenrecipes.recipe.plan import Plan, plan_recipe
+from qwenrecipes.render.folder import render_plan, write_rendered
 from tests.conftest import render_resolved, tiny_plan
+from tests.test_packing import SCRIPT as LOSSES_SCRIPT
+from tests.test_packing import _packed_recipe
+
+BATCHES_SCRIPT = Path(__file__).parent / "scripts" / "axolotl_packed_batches.py"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +47,7 @@ def qlora_plan() -> Plan:
                                     "compute_dtype": "float16"}},
         "training": {"precision": "bf16", "optimizer": "paged_adamw_8bit", "warmup_steps": 1,
                      "gradient_checkpointing": True, "save_steps": None},
-        "data": {"val_fraction": 0.1},  # packed bins are refused (test_packed_bins_refused_with_reason)
+        "data": {"val_fraction": 0.1},  # unpacked: Axolotl's own sample_packing off (test_packed_bins_as_rows)
     })
 
 
@@ -108,12 +123,35 @@ def test_qlora_cuda(qlora_plan: Plan) -> None:
     assert cfg["gradient_checkpointing"] is True
 
 
-def test_packed_bins_refused_with_reason() -> None:
-    """qwenrecipes' bins (data.packing, token handoff) are refused, never re-binned by Axolotl's own multipack
-    sampler: the promise is the same bins on every engine."""
-    plan = tiny_plan({"data": {"packing": True}})
-    with pytest.raises(RecipeError, match=r"data\.packing: axolotl: .*attention_mask.*set packing: false"):
+def test_packed_bins_as_rows() -> None:
+    """qwenrecipes' bins (data.packing, token handoff) are the rows of a dataset Axolotl takes as given, never
+    re-binned by its multipack sampler: one bin per line, position ids per row, no attention_mask (bins.py)."""
+    plan = tiny_plan({"data": {"packing": True}}, target="cpu")
+    assert plan.packing is not None and ENGINE.packing_problems(plan) == []
+    files = render_resolved(ENGINE, plan)
+    cfg = yaml.safe_load(files["axolotl.yaml"])
+    assert cfg["datasets"] == [{"path": "data/train.tokens.jsonl", "split": "train", "ds_type": "json"}]
+    assert cfg["skip_prepare_dataset"] is True and cfg["remove_unused_columns"] is False
+    assert (cfg["sample_packing"], cfg["eval_sample_packing"], cfg["pad_to_sequence_len"]) == (False, False, False)
+    assert cfg["curriculum_sampling"] is True and cfg["max_steps"] == plan.max_steps
+    assert ENGINE.effective(files)["packing"] == PACKING_BINS
+    row = ENGINE.packed_row(packed_row(plan.packing.tokens, plan.packing.bins[0]))
+    assert set(row) == {"input_ids", "labels", "position_ids"}
+    # Text handoff: Axolotl's own packer, as before.
+    text = yaml.safe_load(render_resolved(ENGINE, tiny_plan({"data": {"packing": True, "handoff": "text"}},
+                                                             target="cpu"))["axolotl.yaml"])
+    assert text["sample_packing"] is True and "skip_prepare_dataset" not in text
+
+
+def test_packed_flash_attention_needs_one_bin_per_batch() -> None:
+    """flash_attention_2 keeps a bin's rows apart only for a batch of one row (transformers _is_packed_sequence)."""
+    plan = tiny_plan({"data": {"packing": True}, "model": {"attn": "flash_attention_2"},
+                      "training": {"precision": "bf16"}})
+    with pytest.raises(RecipeError, match=r"model\.attn: axolotl: flash_attention_2 with micro_batch_size > 1"):
         render_resolved(ENGINE, plan)
+    one = tiny_plan({"data": {"packing": True}, "model": {"attn": "flash_attention_2"},
+                     "training": {"precision": "bf16", "micro_batch_size": 1}})
+    assert ENGINE.packing_problems(one) == []
 
 
 def test_deepspeed_and_multi_gpu() -> None:
@@ -196,3 +234,95 @@ def test_hostile_name_that_engine_files_cannot_carry_is_refused(refused: str) ->
     """A line break, a control character or `${` is refused at the field (exit 2 from the CLI), not escaped."""
     with pytest.raises(RecipeError, match=r"output\.dir"):
         tiny_plan({"output": {"dir": refused}}, target="cpu")
+
+
+def _packed_run_recipe(tmp_path: Path, **training: object) -> Path:
+    """tests/test_packing.py's packed recipe (chat.jsonl, 256-token bins, train_on all, sdpa, micro-batch 4)."""
+    recipe = _packed_recipe(tmp_path, max_seq_length=256, train_on="all")
+    document = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    document["training"].update(training)
+    recipe.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return recipe
+
+
+def _rows(plan: Plan, bins: list[tuple[int, ...]]) -> list[dict[str, Any]]:
+    tokens = plan.packing.tokens if plan.packing else ()
+    return [{"input_ids": tokens[i].input_ids, "labels": tokens[i].labels} for b in bins for i in b]
+
+
+@pytest.mark.engine
+def test_axolotl_dataloader_hands_the_bins_in_order_with_rows_apart(tmp_path: Path) -> None:
+    """Axolotl's own trainer (config loader, dataset preparation, dataloader) on a rendered packed folder: every
+    batch is the next micro_batch_size bins of the stream, as qwenrecipes wrote them (order and count, so max_steps);
+    the model gets position ids and no attention mask; each token's loss in the first batch, through trainer.model
+    with sdpa and eager, equals its loss with its row run alone. An all-ones mask (rows attend across) differs."""
+    from qwenrecipes.run.envs import env_for
+
+    plan = plan_recipe(_packed_run_recipe(tmp_path), target="cpu")
+    assert plan.packing is not None and plan.bin_stream and plan.max_steps is not None
+    folder = tmp_path / "out"
+    write_rendered(plan, render_plan(plan, "axolotl"), folder)
+    stream = [packed_row(plan.packing.tokens, b) for b in plan.bin_stream]
+    micro = plan.recipe.training["micro_batch_size"]
+    (tmp_path / "rows.json").write_text(json.dumps({"rows": _rows(plan, plan.bin_stream[:micro])}), encoding="utf-8")
+    env = env_for("axolotl")
+    subprocess.run([str(env.python), str(BATCHES_SCRIPT), str(tmp_path / "rows.json"), str(tmp_path / "out.json")],
+                   cwd=folder, env=env.run_environment(ENGINE.environment(plan)), check=True, timeout=900)
+    result = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+    for impl, got in result.items():
+        assert got["keys"] == ["input_ids", "labels", "position_ids"] and got["use_cache"] is False, impl
+        assert got["max_steps"] == plan.max_steps == len(got["batches"]) == len(stream) // micro
+        handed = [(b["input_ids"][r], b["labels"][r], b["position_ids"][r])
+                  for b in got["batches"] for r in range(len(b["input_ids"]))]
+        for (ids, labels, positions), want in zip(handed, stream, strict=True):
+            n = len(want.input_ids)
+            assert (ids[:n], labels[:n], positions[:n]) == (want.input_ids, want.labels, want.position_ids), impl
+            assert set(labels[n:]) <= {-100}  # padding is never trained
+        separate = [t for row in got["separate"] for t in row]
+        packed = [t for r, row in enumerate(got["packed"]) for t in row[:len(stream[r].input_ids)]]
+        control = [t for r, row in enumerate(got["control"]) for t in row[:len(stream[r].input_ids)]]
+        assert len(separate) == len(packed)
+        compared, control_gap = 0, 0.0
+        for alone, in_bin, across in zip(separate, packed, control, strict=True):
+            assert (alone is None) == (in_bin is None), impl
+            if alone is not None:
+                assert in_bin == pytest.approx(alone, rel=1e-4, abs=1e-4), impl
+                control_gap = max(control_gap, abs(across - alone))
+                compared += 1
+        assert compared > 500 and control_gap > 1e-2, (impl, compared, control_gap)
+
+
+@pytest.mark.engine
+def test_axolotl_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> None:
+    """A real Axolotl run of a packed recipe (`qwenrecipes run`): its first logged loss (LoRA B = 0 at init: the base
+    model's loss on the first step's bins) equals the token-weighted mean loss of those bins' rows run one by one;
+    every step trains the trainable tokens of the next bins of the stream, for exactly max_steps steps."""
+    from qwenrecipes.run.envs import env_for
+
+    recipe = _packed_run_recipe(tmp_path, max_steps=3, warmup_steps=1, save_steps=3)
+    plan = plan_recipe(recipe, target="cpu")
+    assert plan.packing is not None and plan.bin_stream
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", "from qwenrecipes.cli import main; main()", "run", str(recipe),
+                           "--engine", "axolotl", "--run-dir", str(run_dir), "--target", "cpu"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
+    steps = [e for e in events if e.get("type") == "train"]
+    batch = plan.effective_batch
+    assert [e["step"] for e in steps] == list(range(1, plan.recipe.training["max_steps"] + 1))
+    trained = [sum(label != -100 for label in packed_row(plan.packing.tokens, b).labels) for b in plan.bin_stream]
+    assert [e["tokens_trainable"] for e in steps] == [sum(trained[:s * batch]) for s in range(1, len(steps) + 1)]
+    bins = [packed_row(plan.packing.tokens, b) for b in plan.bin_stream[:batch]]
+    cases = {"bins": [{"input_ids": r.input_ids, "labels": r.labels, "seq_lengths": r.seq_lengths} for r in bins],
+             "rows": _rows(plan, plan.bin_stream[:batch])}
+    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+    subprocess.run([str(env_for("axolotl").python), str(LOSSES_SCRIPT), str(tmp_path / "cases.json"), plan.model_path,
+                    str(tmp_path / "losses.json")], check=True, timeout=900)
+    separate = json.loads((tmp_path / "losses.json").read_text(encoding="utf-8"))["impls"]["sdpa"]["separate"]
+    values = [v for row in separate for v in row if v is not None]
+    mean = sum(values) / len(values)
+    assert steps[0]["loss"] == pytest.approx(mean, rel=2e-3)  # the console's loss has 4 significant digits
+    # Full precision (the checkpoint's log_history): rows attending across would move it by ~5e-4 on this model.
+    state = json.loads((run_dir / "outputs" / "checkpoint-3" / "trainer_state.json").read_text(encoding="utf-8"))
+    assert state["log_history"][0]["loss"] == pytest.approx(mean, abs=1e-4)

@@ -76,6 +76,10 @@ def effective(files: dict[str, str]) -> dict[str, Any]:
     if "type" not in ds and str(ds.get("path", "")).endswith(".tokens.jsonl"):  # token handoff: taken as is
         chat_template, loss_mask = concepts.CHAT_TEMPLATE_TOKENS, concepts.LOSS_MASK_TOKENS
 
+    packing: bool | str = bool(cfg.get("sample_packing"))
+    if not packing and cfg.get("skip_prepare_dataset") and str(ds.get("path", "")).endswith(".tokens.jsonl"):
+        packing = concepts.PACKING_BINS  # qwenrecipes' bins as rows, taken as given (bins.py)
+
     strategy = cfg.get("excess_length_strategy") or "drop"
     truncation = (concepts.TRUNCATION_NONE if strategy == "raise"
                   else "dropped by Axolotl (longer than sequence_len)" if strategy == "drop"
@@ -133,7 +137,7 @@ def effective(files: dict[str, str]) -> dict[str, Any]:
         "eval_file": ((cfg.get("test_datasets") or [{}])[0]).get("path"),
         "max_seq_length": cfg.get("sequence_len", 512),
         "truncation": truncation,
-        "packing": bool(cfg.get("sample_packing")),
+        "packing": packing,
         "micro_batch_size": mbs,
         "gradient_accumulation_steps": ga,
         "gpus": gpus,

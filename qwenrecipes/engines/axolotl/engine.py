@@ -22,6 +22,8 @@ import copy
 from types import MappingProxyType
 from typing import Any
 
+from qwenrecipes.data.packing import PackedRow
+from qwenrecipes.engines.axolotl.bins import BINS_SETTINGS, packed_attention_problems
 from qwenrecipes.engines.base import (
     CHATML_TEMPLATE_PLAIN,
     MEMORY_FALLBACK,
@@ -56,6 +58,9 @@ NOTES: dict[str, str] = {
     "loss_mask": "Axolotl's chat_template strategy masks role headers even with train_on_inputs, and trains "
                  "nothing for an assistant turn with empty content",
     "eval_steps": "Axolotl also evaluates once before the first step when eval is on",
+    "packing": "qwenrecipes' bins as the rows of a dataset taken as given (skip_prepare_dataset, multipack off): "
+               "per-row position ids and no attention mask keep rows apart with sdpa and eager (flash_attention_2: "
+               "micro_batch_size 1 only)",
 }
 
 
@@ -74,11 +79,6 @@ class AxolotlEngine(BaseEngine):
     name = "axolotl"
     main_file = MAIN_FILE
     notes = NOTES
-    # Checked against axolotl 0.19.0 / transformers 5.16.1 (docs/equivalence.md, Packing).
-    packing_refused = ("its pre-tokenized path needs an attention_mask column and its collator hands that 2-D mask "
-                       "to the model, and transformers derives per-row attention from position ids only without "
-                       "one: the rows of a bin would attend to each other; per-row masks come only with its own "
-                       "multipack sampler (sample_packing), which re-bins the rows")
     env = EnvSpec("axolotl", ("axolotl.cli.main", "axolotl.train"))
     supports_liger = True
     # Measured (H200, Qwen3-4B, seq 2048 x 4, LoRA r=16): 23.3 GiB ckpt on, 69.7 off, 52.5 off + LoRA kernels,
@@ -201,10 +201,13 @@ class AxolotlEngine(BaseEngine):
             # Local rows are already no longer than sequence_len, so anything longer is a bug: fail loudly
             # rather than drop or truncate. Hub data was not pre-filtered: drop, as qwenrecipes would.
             "excess_length_strategy": "raise" if local else "drop",
-            "sample_packing": data["packing"],
-            "eval_sample_packing": data["packing"],
-            "pad_to_sequence_len": data["packing"],
+            # Its own multipack sampler only under the text handoff; qwenrecipes' bins bypass it (bins.py).
+            "sample_packing": data["packing"] and plan.packing is None,
+            "eval_sample_packing": data["packing"] and plan.packing is None,
+            "pad_to_sequence_len": data["packing"] and plan.packing is None,
         })
+        if plan.packing is not None:
+            data_section.update(BINS_SETTINGS)
 
         optim: dict[str, Any] = {
             "micro_batch_size": training["micro_batch_size"],
@@ -270,6 +273,13 @@ class AxolotlEngine(BaseEngine):
         if dist:
             out.append(("distribution", dist))
         return out
+
+    def packing_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        return packed_attention_problems(plan)
+
+    def packed_row(self, row: PackedRow) -> dict[str, Any]:
+        # No attention_mask: its collator then passes none and transformers keeps rows apart by position ids.
+        return {"input_ids": row.input_ids, "labels": row.labels, "position_ids": row.position_ids}
 
     def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
         # axolotl/utils/config normalize_config: with WORLD_SIZE > 1 it sets device_map {"": LOCAL_RANK}

@@ -167,6 +167,22 @@ def test_dataset_bars_are_not_training_progress() -> None:
     assert normalizer.feed("{'loss': 1.0}")[0]["step"] == 1
 
 
+def test_eval_bar_is_not_training_progress() -> None:
+    """HF's evaluation bar has no description, like the training bar: its n/total must not become the step count
+    (an Axolotl run with eval summarised "steps 8/2")."""
+    data = (b"\r 27%|##6       | 8/30 [00:08<00:22,  1.00it/s]\r"
+            b"{'loss': '11.9', 'learning_rate': '0.001', 'epoch': '0.04'}\n"
+            b"\r  0%|          | 0/2 [00:00<?, ?it/s]\r100%|##########| 2/2 [00:00<00:00, 10.0it/s]\r"
+            b"{'eval_loss': '11.8', 'eval_runtime': '0.2', 'epoch': '0.04'}\n"
+            b"\r 30%|###       | 9/30 [00:09<00:21,  1.00it/s]\r"
+            b"{'loss': '11.7', 'learning_rate': '0.001', 'epoch': '0.05'}\n")
+    for total in (None, 30):  # the planned step count known to the runner, or not
+        normalizer = Normalizer("axolotl", total_steps=total)
+        events = [e for line in iter_log_lines(data) for e in normalizer.feed(line)]
+        assert [e["step"] for e in events if e["type"] in ("train", "eval")] == [8, 8, 9]
+        assert normalizer.total_steps == 30 and normalizer.bar_step == 9
+
+
 def test_warning_lines() -> None:
     for line in ("/x/trl/_hf_argparser.py:371: FutureWarning: `pad_token` is deprecated",
                  "[2026-01-01 10:00:00,000] [WARNING] [axolotl.utils] sample packing is off",

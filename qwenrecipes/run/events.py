@@ -275,7 +275,9 @@ class Normalizer:
             self.traceback = [event["message"]]
             return []
         if kind == "progress":
-            if "desc" not in event:
+            # HF's evaluation bar has no description either: a bar whose total is not the training's (known from
+            # the plan, else from the first bar, which is training's) is an eval bar and says nothing of steps.
+            if "desc" not in event and self.total_steps in (None, event["total"]):
                 self.bar_step = max(self.bar_step, event["n"])
                 self.total_steps = event["total"]
                 event = {**event, "step": event["n"]}

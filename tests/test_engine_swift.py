@@ -272,7 +272,7 @@ def test_native_validation_accepts_and_rejects(cpu_plan: Plan, tmp_path: Path) -
     from qwenrecipes.errors import RecipeError
 
     native_validate(cpu_plan, "swift")  # swift's own parser accepts every key and value we write
-    from qwenrecipes.engines.swift.native import SNIPPET
+    from qwenrecipes.engines.swift.native import NATIVE_CHECK
     from qwenrecipes.render.folder import render_plan, write_rendered
     from qwenrecipes.run.envs import env_for
 
@@ -281,7 +281,7 @@ def test_native_validation_accepts_and_rejects(cpu_plan: Plan, tmp_path: Path) -
     env = env_for("swift")
     for bad, words in (("bogus_key: 1\n", "bogus_key"), ("lr_scheduler_type: sometimes\n", "sometimes")):
         (tmp_path / "swift_sft.yaml").write_text(rendered.files["swift_sft.yaml"] + bad, encoding="utf-8")
-        proc = subprocess.run([str(env.python), "-c", SNIPPET], cwd=tmp_path, capture_output=True, text=True,
+        proc = subprocess.run([str(env.python), "-c", NATIVE_CHECK], cwd=tmp_path, capture_output=True, text=True,
                               env=env.run_environment(rendered.environment), timeout=600)
         verdict = json.loads(proc.stdout.strip().splitlines()[-1])
         assert verdict["ok"] is False and words in verdict["error"], verdict

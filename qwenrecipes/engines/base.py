@@ -9,11 +9,13 @@ name. See docs/engines.md.
 
 from __future__ import annotations
 
+import importlib
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import Any, Protocol
 
 from qwenrecipes.data.packing import PackedRow
@@ -193,8 +195,6 @@ class BaseEngine:
 
     @property
     def folder(self) -> Traversable:
-        import sys
-
         module = sys.modules[type(self).__module__]
         # Path, not importlib.resources.files: the latter imports zipfile & co. on every render.
         return Path(module.__file__ or "").resolve().parent
@@ -209,14 +209,28 @@ class BaseEngine:
     def lora_kernels(self, plan: Plan) -> bool:
         return False
 
+    # native_check / residuals / bundle come from the engine folder's optional modules, by convention
+    # (native.py: NATIVE_CHECK, residuals.py: RESIDUALS, bundle.py: BUNDLE), imported only when asked for.
     def native_check(self) -> NativeCheck | None:
-        return None
+        return getattr(self._own_module("native"), "NATIVE_CHECK", None)
 
     def residuals(self) -> Sequence[Residual]:
-        return ()
+        return getattr(self._own_module("residuals"), "RESIDUALS", ())
 
     def bundle(self) -> BundleSpec | None:
-        return None
+        return getattr(self._own_module("bundle"), "BUNDLE", None)
+
+    def _own_module(self, name: str) -> ModuleType | None:
+        """The module ``name`` of the package the engine is defined in, or None when it has none."""
+        package = sys.modules[type(self).__module__].__package__
+        if not package:
+            return None
+        try:
+            return importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{package}.{name}":  # the module exists but an import inside it failed
+                raise
+            return None
 
     def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
         return []

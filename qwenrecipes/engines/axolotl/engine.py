@@ -28,9 +28,7 @@ from qwenrecipes.engines.base import (
     CHATML_TEMPLATE_PLAIN,
     MEMORY_FALLBACK,
     BaseEngine,
-    BundleSpec,
     EnvSpec,
-    Residual,
     engine_environment,
     header_context,
 )
@@ -294,20 +292,8 @@ class AxolotlEngine(BaseEngine):
     def lora_kernels(self, plan: Plan) -> bool:
         return fused_lora_kernels(plan)
 
-    def native_check(self) -> str:
-        from qwenrecipes.engines.axolotl.native import SNIPPET
 
-        return SNIPPET
 
-    def residuals(self) -> tuple[Residual, ...]:
-        from qwenrecipes.engines.axolotl.residuals import RESIDUALS
-
-        return RESIDUALS
-
-    def bundle(self) -> BundleSpec:
-        from qwenrecipes.engines.axolotl.bundle import BUNDLE
-
-        return BUNDLE
 
     def render(self, plan: Plan) -> dict[str, str]:
         files = {MAIN_FILE: render_template("axolotl/axolotl.yaml.j2", sections=self.sections(plan),

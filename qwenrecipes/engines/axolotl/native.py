@@ -2,9 +2,9 @@
 folder as cwd. Prints one JSON line {"ok": bool, "error": str}. A ``deepspeed:`` file is then parsed by DeepSpeed
 itself (engines/deepspeed.py), with the config's batch, clipping and precision as Axolotl hands them to the Trainer."""
 
-from qwenrecipes.engines.deepspeed import NATIVE_CHECK
+from qwenrecipes.engines.deepspeed import NATIVE_CHECK as ZERO_CONFIG_CHECK
 
-SNIPPET = NATIVE_CHECK + """
+NATIVE_CHECK = ZERO_CONFIG_CHECK + """
 import json, yaml
 from axolotl.integrations.config import merge_input_args
 from axolotl.utils.config import prepare_plugins, validate_config

@@ -27,7 +27,7 @@ from types import MappingProxyType
 from typing import Any
 
 from qwenrecipes.data.packing import PackedRow
-from qwenrecipes.engines.base import BaseEngine, BundleSpec, EnvSpec, Residual, engine_environment, header_context
+from qwenrecipes.engines.base import BaseEngine, EnvSpec, engine_environment, header_context
 from qwenrecipes.engines.deepspeed import DEEPSPEED_FILE, deepspeed_config
 from qwenrecipes.engines.launchers import accelerate_args, cpu_fsdp_problems, is_multiprocess, torchrun_environment
 from qwenrecipes.engines.templating import render_template
@@ -233,20 +233,8 @@ class LlamaFactoryEngine(BaseEngine):
     def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
         return cpu_fsdp_problems(plan)  # FSDP through accelerate: accelerator processes only
 
-    def native_check(self) -> str:
-        from qwenrecipes.engines.llamafactory.native import SNIPPET
 
-        return SNIPPET
 
-    def residuals(self) -> tuple[Residual, ...]:
-        from qwenrecipes.engines.llamafactory.residuals import RESIDUALS
-
-        return RESIDUALS
-
-    def bundle(self) -> BundleSpec:
-        from qwenrecipes.engines.llamafactory.bundle import BUNDLE
-
-        return BUNDLE
 
     def render(self, plan: Plan) -> dict[str, str]:
         sections = self.sections(plan)

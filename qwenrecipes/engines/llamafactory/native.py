@@ -3,9 +3,9 @@ render folder as cwd. On a host without a GPU, mixed precision is switched off f
 on a CPU host in argument parsing, which says nothing about the config itself. The ``deepspeed`` file is parsed
 by DeepSpeed itself instead (engines/deepspeed.py), with the config's own batch, clipping and precision values."""
 
-from qwenrecipes.engines.deepspeed import NATIVE_CHECK
+from qwenrecipes.engines.deepspeed import NATIVE_CHECK as ZERO_CONFIG_CHECK
 
-SNIPPET = NATIVE_CHECK + """
+NATIVE_CHECK = ZERO_CONFIG_CHECK + """
 import json, yaml, torch
 from llamafactory.hparams import get_train_args
 raw = yaml.safe_load(open("llamafactory.yaml"))

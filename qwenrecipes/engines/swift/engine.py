@@ -27,9 +27,7 @@ from typing import Any
 from qwenrecipes.engines.base import (
     MEMORY_FALLBACK,
     BaseEngine,
-    BundleSpec,
     EnvSpec,
-    Residual,
     engine_environment,
     header_context,
 )
@@ -220,23 +218,11 @@ class SwiftEngine(BaseEngine):
     def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
         return cpu_fsdp_problems(plan)  # FSDP through accelerate: accelerator processes only
 
-    def native_check(self) -> str:
-        from qwenrecipes.engines.swift.native import SNIPPET
-
-        return SNIPPET
 
     def token_row(self, input_ids: list[int], labels: list[int]) -> dict[str, Any]:
         return tokenpath.token_row(input_ids, labels)
 
-    def residuals(self) -> tuple[Residual, ...]:
-        from qwenrecipes.engines.swift.residuals import RESIDUALS
 
-        return RESIDUALS
-
-    def bundle(self) -> BundleSpec:
-        from qwenrecipes.engines.swift.bundle import BUNDLE
-
-        return BUNDLE
 
 
 ENGINE = SwiftEngine()

@@ -8,9 +8,9 @@ there for reasons that say nothing about the config (bf16/fp16, 4-bit, DeepSpeed
 copy of the YAML (an argv value cannot be None). The ``deepspeed`` file is parsed by DeepSpeed itself instead
 (engines/deepspeed.py), with the config's own batch, clipping and precision values."""
 
-from qwenrecipes.engines.deepspeed import NATIVE_CHECK
+from qwenrecipes.engines.deepspeed import NATIVE_CHECK as ZERO_CONFIG_CHECK
 
-SNIPPET = NATIVE_CHECK + """
+NATIVE_CHECK = ZERO_CONFIG_CHECK + """
 import json, os, tempfile
 os.environ.setdefault("USE_HF", "1"); os.environ.setdefault("HF_HUB_OFFLINE", "1")
 try:

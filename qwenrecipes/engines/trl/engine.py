@@ -19,7 +19,6 @@ from qwenrecipes.data.packing import PackedRow
 from qwenrecipes.engines.base import (
     CHATML_TEMPLATE,
     BaseEngine,
-    BundleSpec,
     EnvSpec,
     engine_environment,
     header_context,
@@ -239,15 +238,7 @@ class TrlEngine(BaseEngine):
     def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
         return cpu_fsdp_problems(plan)  # FSDP through accelerate: accelerator processes only
 
-    def native_check(self) -> str:
-        from qwenrecipes.engines.trl.native import SNIPPET
 
-        return SNIPPET
-
-    def bundle(self) -> BundleSpec:
-        from qwenrecipes.engines.trl.bundle import BUNDLE
-
-        return BUNDLE
 
     def packing_problems(self, plan: Plan) -> list[tuple[str, str]]:
         attn = plan.recipe.model["attn"]

@@ -6,9 +6,9 @@ With ``distributed_type: DEEPSPEED`` in accelerate_config.yaml, the DeepSpeed co
 builds from it (accelerate's DeepSpeedPlugin over the same keys and mixed precision), parsed by DeepSpeed itself
 with trl_config.yaml's batch, clipping and precision values (engines/deepspeed.py)."""
 
-from qwenrecipes.engines.deepspeed import NATIVE_CHECK
+from qwenrecipes.engines.deepspeed import NATIVE_CHECK as ZERO_CONFIG_CHECK
 
-SNIPPET = NATIVE_CHECK + """
+NATIVE_CHECK = ZERO_CONFIG_CHECK + """
 import json, os, torch, yaml
 from trl import TrlParser, ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig
 args = ["--config", "trl_config.yaml"]

@@ -22,7 +22,6 @@ import copy
 from types import MappingProxyType
 from typing import Any
 
-from qwenrecipes.data.packing import PackedRow
 from qwenrecipes.engines.axolotl.bins import BINS_SETTINGS, packed_attention_problems
 from qwenrecipes.engines.base import (
     CHATML_TEMPLATE_PLAIN,
@@ -273,11 +272,8 @@ class AxolotlEngine(BaseEngine):
         return out
 
     def packing_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        # BaseEngine.packed_row's bins (input_ids, labels, position_ids, no attention_mask) are what it needs.
         return packed_attention_problems(plan)
-
-    def packed_row(self, row: PackedRow) -> dict[str, Any]:
-        # No attention_mask: its collator then passes none and transformers keeps rows apart by position ids.
-        return {"input_ids": row.input_ids, "labels": row.labels, "position_ids": row.position_ids}
 
     def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
         # axolotl/utils/config normalize_config: with WORLD_SIZE > 1 it sets device_map {"": LOCAL_RANK}
@@ -291,9 +287,6 @@ class AxolotlEngine(BaseEngine):
 
     def lora_kernels(self, plan: Plan) -> bool:
         return fused_lora_kernels(plan)
-
-
-
 
     def render(self, plan: Plan) -> dict[str, str]:
         files = {MAIN_FILE: render_template("axolotl/axolotl.yaml.j2", sections=self.sections(plan),

@@ -233,9 +233,6 @@ class LlamaFactoryEngine(BaseEngine):
     def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
         return cpu_fsdp_problems(plan)  # FSDP through accelerate: accelerator processes only
 
-
-
-
     def render(self, plan: Plan) -> dict[str, str]:
         sections = self.sections(plan)
         files = {MAIN_FILE: render_template("llamafactory/llamafactory.yaml.j2", sections=sections,

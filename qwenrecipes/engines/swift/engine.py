@@ -218,7 +218,6 @@ class SwiftEngine(BaseEngine):
     def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
         return cpu_fsdp_problems(plan)  # FSDP through accelerate: accelerator processes only
 
-
     def token_row(self, input_ids: list[int], labels: list[int]) -> dict[str, Any]:
         return tokenpath.token_row(input_ids, labels)
 

@@ -238,8 +238,6 @@ class TrlEngine(BaseEngine):
     def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
         return cpu_fsdp_problems(plan)  # FSDP through accelerate: accelerator processes only
 
-
-
     def packing_problems(self, plan: Plan) -> list[tuple[str, str]]:
         attn = plan.recipe.model["attn"]
         if plan.packing is None or attn in PACKED_ATTENTION:

@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
+from qwenrecipes.data.packing import PackedRow
+from qwenrecipes.data.tokens import IGNORE
 from qwenrecipes.engines.base import CHATML_TEMPLATE_PLAIN
 from qwenrecipes.engines.unsloth.engine import ENGINE, SCRIPT_FILE, read_script
 from qwenrecipes.errors import RecipeError
-from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ASSISTANT, LOSS_MASK_TOKENS, THINK_INLINE
+from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ASSISTANT, LOSS_MASK_TOKENS, PACKING_BINS, THINK_INLINE
 from qwenrecipes.recipe.plan import Plan, plan_recipe
-from tests.conftest import TINY, cuda_plan, render_resolved
+from tests.conftest import TINY, cuda_plan, render_resolved, tiny_plan
 
 # No line break, control character or `${`: those are refused at validate (test below); all the rest is data.
 HOSTILE = "x'\"\\r{{ y }}{% if 1 %}'''\"\"\"\\n__import__('os').system('echo pwned')#"
@@ -95,6 +97,34 @@ def test_effective_cpu(cpu_plan: Plan) -> None:
     assert eff["precision"] == "fp32"  # the CPU backend keeps the dtype (on a GPU: bf16 autocast, below)
     assert eff["optimizer"].startswith("adamw_torch_fused")
     assert eff["max_steps"] == 30 and eff["save_steps"] == 10 and eff["packing"] is False
+
+
+def test_packed_bins_on_cpu_through_trls_padding_free_collator() -> None:
+    """qwenrecipes' bins (data.packing) on the CPU backend: one line per bin with seq_lengths, TRL's padding-free
+    collator passed as data_collator (the CPU backend forces SFTConfig's padding_free off), Unsloth's and TRL's own
+    packing off, and a guard that stops the script on a host where Unsloth takes its CUDA path."""
+    plan = tiny_plan({"data": {"packing": True}}, target="cpu")
+    assert plan.packing is not None and not ENGINE.packing_problems(plan)
+    text = script_of(plan)
+    c = calls(text)
+    assert c["DataCollatorForLanguageModeling"] == {"pad_token_id": "tokenizer.pad_token_id", "padding_free": True}
+    assert c["SFTTrainer"]["data_collator"].startswith("DataCollatorForLanguageModeling(")
+    assert c["SFTConfig"]["packing"] is False and c["SFTConfig"]["padding_free"] is False
+    assert c["SFTConfig"]["train_sampling_strategy"] == "sequential" and c["SFTConfig"]["shuffle_dataset"] is False
+    assert c["SFTConfig"]["max_steps"] == plan.max_steps
+    assert 'unsloth.DEVICE_TYPE != "cpu"' in text
+    assert ENGINE.effective(render_resolved(ENGINE, plan))["packing"] == PACKING_BINS
+    row = ENGINE.packed_row(PackedRow([1, 2, 3, 4, 5], [IGNORE, 2, 3, IGNORE, 5], [0, 1, 2, 0, 1], [3, 2]))
+    assert row == {"input_ids": [1, 2, 3, 4, 5], "labels": [IGNORE, 2, 3, IGNORE, 5], "seq_lengths": [3, 2]}
+    unpacked = script_of(plan_recipe(TINY, target="cpu"))
+    assert "DataCollatorForLanguageModeling" not in unpacked and "DEVICE_TYPE" not in unpacked
+
+
+def test_packed_bins_refused_on_cuda() -> None:
+    """Unsloth's CUDA path swaps the collator and runs its own attention kernels: not measured, refused."""
+    with pytest.raises(RecipeError, match=r"data\.packing: unsloth: Unsloth's CUDA path is not verified .*"
+                                          r"DataCollatorForSeq2Seq.*set packing: false"):
+        render_resolved(ENGINE, cuda_plan(data={"packing": True}))
 
 
 def test_qlora_cuda_quantization_explicit() -> None:

@@ -99,7 +99,9 @@ def test_max_steps_from_bins_when_unset(tmp_path: Path) -> None:
 def test_engine_without_a_packed_path_is_refused(tmp_path: Path) -> None:
     plan = plan_recipe(_packed_recipe(tmp_path), target="cpu")
     with pytest.raises(RecipeError, match=r"data\.packing"):
-        render_plan(plan, "unsloth")
+        render_plan(plan, "swift")
+    with pytest.raises(RecipeError, match=r"data\.packing: unsloth: Unsloth's CUDA path"):  # its CPU backend takes them
+        render_plan(plan_recipe(_packed_recipe(tmp_path), target="cuda"), "unsloth")
 
 
 def test_text_handoff_leaves_packing_to_each_engine_with_a_warning(tmp_path: Path) -> None:
@@ -169,8 +171,10 @@ def test_validate_refuses_an_engine_without_a_packed_path(tmp_path: Path, capsys
     from tests.conftest import run_cli
 
     recipe = str(_packed_recipe(tmp_path))
-    code, _, err = run_cli(["validate", recipe, "--target", "cpu", "-e", "unsloth"], capsys)
-    assert code == 2 and "data.packing" in err and "padding-free" in err
+    code, _, err = run_cli(["validate", recipe, "--target", "cuda", "-e", "unsloth"], capsys)
+    assert code == 2 and "data.packing" in err and "CUDA path" in err
+    code, out, _ = run_cli(["validate", recipe, "--target", "cpu", "-e", "unsloth"], capsys)
+    assert code == 0 and "bins of 256 tokens" in out
     code, out, _ = run_cli(["validate", recipe, "--target", "cpu", "-e", "axolotl"], capsys)
     assert code == 0 and "bins of 256 tokens" in out
     code, out, _ = run_cli(["validate", recipe, "--target", "cpu", "-e", "trl"], capsys)

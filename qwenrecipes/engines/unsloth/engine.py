@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qwenrecipes.data.packing import PackedRow
 from qwenrecipes.engines.base import (
     CHATML_TEMPLATE_PLAIN,
     BaseEngine,
@@ -46,6 +47,15 @@ EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
 INSTRUCTION_PART = "<|im_start|>user\n"
 RESPONSE_PART = "<|im_start|>assistant\n"
+# qwenrecipes' bins (data.packing) on the CPU backend: TRL's padding-free collator, passed as data_collator (the CPU
+# backend forces SFTConfig's padding_free off), one flattened row per micro-batch with position ids restarting per
+# row and no attention mask; stock transformers keeps the rows apart (measured: docs/equivalence.md, Packing).
+# On a GPU Unsloth takes its CUDA path (unsloth/models/rl.py, unsloth_zoo), which that measurement does not cover.
+PACKED_CUDA_REFUSED = ("Unsloth's CUDA path is not verified to keep a bin's rows apart (measured on its CPU backend "
+                       "only): its dataset preparation (unsloth_zoo sft_prepare_dataset) swaps the trainer's collator "
+                       "for DataCollatorForSeq2Seq on rows with labels (padded, an attention mask, no position ids), "
+                       "and its fast Qwen3 forward drops the attention mask in training and separates packed rows only "
+                       "through its own varlen kernels (packed_seq_lengths)")
 UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # Defaults of the calls the script makes, as Unsloth sets them (models/loader.py from_pretrained,
@@ -118,7 +128,9 @@ def _context(plan: Plan, tokens: bool) -> dict[str, Any]:
         "max_grad_norm": float(training["max_grad_norm"]),
         "bf16": plan.precision_flags["bf16"],
         "fp16": plan.precision_flags["fp16"],
-        "packing": data["packing"],
+        # Unsloth's own packer (the text handoff); qwenrecipes' bins go through TRL's padding-free collator instead.
+        "engine_packing": data["packing"] and plan.packing is None,
+        "bins": plan.packing is not None,
         "logging_steps": training["logging_steps"],
         "save_strategy": "steps" if training["save_steps"] else "no",
         "save_steps": training["save_steps"],
@@ -184,7 +196,8 @@ NOTES: dict[str, str] = {
               "weights unless bitsandbytes' CPU 4-bit passes Unsloth's probe",
     "loss_mask": "CPU backend: the loss is a pure-torch chunked cross-entropy (same value, no [tokens, vocab] logits); "
                  "TRL's per-step entropy/token-accuracy metrics are not logged",
-    "packing": "CPU backend: packing and padding-free batches are forced off (SDPA would attend across rows)",
+    "packing": "qwenrecipes' bins through TRL's padding-free collator (seq_lengths -> position ids, no attention mask) "
+               "on the CPU backend, which forces Unsloth's own packing and padding-free batches off; refused on CUDA",
 }
 
 
@@ -192,10 +205,6 @@ class UnslothEngine(BaseEngine):
     name = "unsloth"
     main_file = SCRIPT_FILE
     notes = NOTES
-    # Checked against unsloth 2026.10.9 / trl 1.15.0 (docs/equivalence.md, Packing).
-    packing_refused = ("its CPU backend forces padding-free batches off (so a bin's rows would attend to each other) "
-                       "and its CUDA path patches TRL's collator and attention in ways not yet verified to keep "
-                       "the rows of a bin apart")
     # 2026.10.9 imports on a host without a GPU (its CPU backend); that host installs lock-cpu.txt
     # (run/env_locks.py, lock_variant).
     env = EnvSpec("unsloth", ("unsloth:FastLanguageModel",))
@@ -225,6 +234,15 @@ class UnslothEngine(BaseEngine):
             out.append(("distributed.nodes", "Unsloth has no multi-node launch (its multi-GPU support is DDP on "
                         "one node): set nodes: 1, or use axolotl, llamafactory or trl"))
         return out
+
+    def packing_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        if plan.packing is None or plan.target == "cpu":
+            return []
+        return [("data.packing", f"{PACKED_CUDA_REFUSED}: set packing: false, or use trl, axolotl or llamafactory")]
+
+    def packed_row(self, row: PackedRow) -> dict[str, Any]:
+        # TRL's DataCollatorForLanguageModeling(padding_free=True) builds position ids from seq_lengths.
+        return {"input_ids": row.input_ids, "labels": row.labels, "seq_lengths": row.seq_lengths}
 
     def bundle(self) -> BundleSpec:
         from qwenrecipes.engines.unsloth.bundle import BUNDLE
@@ -309,8 +327,11 @@ class UnslothEngine(BaseEngine):
         micro, accumulation = sft["per_device_train_batch_size"], sft["gradient_accumulation_steps"]
         steps = sft["max_steps"]
         max_steps = steps if steps and steps > 0 else f"{sft['num_train_epochs']:g} epochs"
-        if sft["packing"]:
-            packing: bool | str = "unsloth sample packing (padding-free, per-row position_ids)"
+        collator = calls.get("DataCollatorForLanguageModeling", {})
+        if collator.get("padding_free") and "data_collator" in trainer and tokens:
+            packing: bool | str = concepts.PACKING_BINS
+        elif sft["packing"]:
+            packing = "unsloth sample packing (padding-free, per-row position_ids)"
         elif sft["padding_free"] is None:
             packing = "padding-free batches (Unsloth auto, no packing)"
         elif sft["padding_free"]:

@@ -11,7 +11,7 @@ UNSLOTH_CALLS = {
     "os.environ.setdefault", "argparse.ArgumentParser", "cli.add_argument", "cli.parse_args", "int",
     "os.environ.get", "SystemExit", "FastLanguageModel.from_pretrained", "getattr", "FastLanguageModel.get_peft_model",
     "load_dataset", "SFTConfig", "SFTTrainer", "train_on_responses_only", "trainer.train", "trainer.save_model",
-    "main", "BitsAndBytesConfig",
+    "main", "BitsAndBytesConfig", "DataCollatorForLanguageModeling",
 }
 
 

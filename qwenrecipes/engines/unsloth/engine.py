@@ -22,15 +22,12 @@ Checked against the unsloth 2026.10.9 / unsloth_zoo 2026.10.9 sources (trl 1.15,
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from qwenrecipes.data.packing import PackedRow
 from qwenrecipes.engines.base import (
     CHATML_TEMPLATE_PLAIN,
     BaseEngine,
-    BundleSpec,
     EnvSpec,
     engine_environment,
     header_context,
@@ -214,12 +211,6 @@ class UnslothEngine(BaseEngine):
     memory_profile = EngineProfile(fixed_gib=0.5, activations=0.563, checkpoints=0.25, logits_bytes=0.0, liger=1.0,
                                    lora_kernels=1.0, fused_loss=True)
 
-    def native_check(self) -> Callable[[Path], str | None]:
-        # Not importable without a GPU: a static check of the script, run here.
-        from qwenrecipes.engines.unsloth.native import static_check
-
-        return static_check
-
     def launch_problems(self, plan: Plan) -> list[tuple[str, str]]:
         # unsloth.ai/docs/basics/multi-gpu-training-with-unsloth: multi-GPU is DDP on one node (its DDP guide:
         # torchrun / accelerate launch of the training script); FSDP, DeepSpeed and several nodes have no
@@ -243,11 +234,6 @@ class UnslothEngine(BaseEngine):
     def packed_row(self, row: PackedRow) -> dict[str, Any]:
         # TRL's DataCollatorForLanguageModeling(padding_free=True) builds position ids from seq_lengths.
         return {"input_ids": row.input_ids, "labels": row.labels, "seq_lengths": row.seq_lengths}
-
-    def bundle(self) -> BundleSpec:
-        from qwenrecipes.engines.unsloth.bundle import BUNDLE
-
-        return BUNDLE
 
     def render(self, plan: Plan) -> dict[str, str]:
         text = render_template("unsloth/train_unsloth.py.j2", **header_context(plan, self.name),

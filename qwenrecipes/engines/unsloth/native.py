@@ -28,4 +28,6 @@ def static_check(folder: Path) -> str | None:
     return f"unexpected calls in train_unsloth.py: {', '.join(unexpected)}" if unexpected else None
 
 
-NATIVE_CHECK = static_check  # BaseEngine.native_check() finds it by this name
+# Unsloth does not import on every host (CUDA path): a static check of the script, run here. BaseEngine.native_check()
+# finds it by this name.
+NATIVE_CHECK = static_check

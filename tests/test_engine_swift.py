@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from qwenrecipes.data.packing import PackedRow
 from qwenrecipes.engines.swift import ENGINE
 from qwenrecipes.engines.swift.effective import SWIFT_DEFAULTS
 from qwenrecipes.errors import RecipeError
@@ -25,6 +26,7 @@ from qwenrecipes.recipe.concepts import (
     LOSS_MASK_ALL,
     LOSS_MASK_ASSISTANT,
     LOSS_MASK_TOKENS,
+    PACKING_BINS,
     THINK_INLINE,
     TRUNCATION_NONE,
 )
@@ -199,11 +201,28 @@ def test_train_on_all_eval_full() -> None:
     assert eff["loss_mask"] == LOSS_MASK_ALL and eff["method"] == "full" and eff["max_steps"] == plan.max_steps
 
 
-def test_packing_is_refused() -> None:
-    # swift has no path for bins packed by qwenrecipes (rows + per-row position ids), and its own packer would
-    # decide the bins itself: render refuses instead (BaseEngine.packing_problems).
-    with pytest.raises(RecipeError, match="packing"):
-        render_resolved(ENGINE, tiny_plan({"data": {"packing": True}}, target="cpu"))
+def test_packed_render_reads_the_bins_through_the_bins_template() -> None:
+    # qwenrecipes' bins (tokenpath.py): the bins template flattens them; swift's own packer and its padding_free
+    # flag (flash attention only) stay off, and explain reports qwenrecipes' bins.
+    plan = tiny_plan({"data": {"packing": True}}, target="cpu")
+    assert plan.packing is not None
+    files = render_resolved(ENGINE, plan)
+    c = config_of(files)
+    assert c["template"] == "qwenrecipes_bins" and c["packing"] is False and c["padding_free"] is False
+    assert c["dataset"] == ["data/train.tokens.jsonl"] and c["max_steps"] == plan.max_steps
+    assert "class QwenRecipesBins(Template)" in files["qwenrecipes_template.py"]
+    eff = ENGINE.effective(files)
+    assert eff["packing"] == PACKING_BINS and eff["loss_mask"] == LOSS_MASK_TOKENS
+    row = ENGINE.packed_row(PackedRow([1, 2, 3, 4, 5], [-100, 2, 3, -100, 5], [0, 1, 2, 0, 1], [3, 2]))
+    user = {"role": "user", "content": ""}
+    assert row["messages"] == [
+        user, {"role": "assistant", "content": {"token_ids": [1, 2, 3], "loss_scale": [0, 1, 1]}},
+        user, {"role": "assistant", "content": {"token_ids": [4, 5], "loss_scale": [0, 1]}}]
+
+
+def test_packing_with_an_unverified_attention_is_refused() -> None:
+    with pytest.raises(RecipeError, match=r"model\.attn: swift: flash_attention_2 is not verified"):
+        render_resolved(ENGINE, cuda_plan(data={"packing": True}, model={"attn": "flash_attention_2"}))
 
 
 def test_hostile_strings_stay_data() -> None:
@@ -370,3 +389,111 @@ def test_failure_is_classified(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"]["class"] == "missing_model_or_data", summary["error"]
+
+
+# ------------------------------------------------------------------------------------ qwenrecipes' bins
+
+BATCHES_SCRIPT = Path(__file__).parent / "scripts" / "swift_packed_batches.py"
+
+
+def _packed_run_recipe(tmp_path: Path, **training: object) -> Path:
+    """tests/test_packing.py's packed recipe (chat.jsonl, 256-token bins, train_on all, micro-batch 4)."""
+    from tests.test_packing import _packed_recipe
+
+    recipe = _packed_recipe(tmp_path, max_seq_length=256, train_on="all")
+    document = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    document["training"].update(training)
+    recipe.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return recipe
+
+
+def _member_rows(plan: Plan, bins: list[tuple[int, ...]]) -> list[dict[str, Any]]:
+    tokens = plan.packing.tokens if plan.packing else ()
+    return [{"input_ids": tokens[i].input_ids, "labels": tokens[i].labels} for b in bins for i in b]
+
+
+@pytest.mark.engine
+def test_swift_trainer_hands_the_bins_in_order_with_rows_apart(tmp_path: Path) -> None:
+    """The rendered train_swift.py builds swift's trainer (its dataset encoding through the bins template, its
+    padding_free collator) on a packed folder: every batch is the next micro_batch_size bins of the stream flattened
+    into one row (order and count, so max_steps) with qwenrecipes' labels, position ids restarting per row and no
+    attention mask; each token's loss in the first batch, through trainer.model with sdpa and eager, equals its loss
+    with its row run alone, and the trainer's own compute_loss is their token-weighted mean. An all-ones mask
+    differs."""
+    from qwenrecipes.data.packing import packed_row
+    from qwenrecipes.render.folder import render_plan, write_rendered
+    from qwenrecipes.run.envs import env_for
+
+    plan = plan_recipe(_packed_run_recipe(tmp_path), target="cpu")
+    assert plan.packing is not None and plan.bin_stream and plan.max_steps is not None
+    folder = tmp_path / "out"
+    write_rendered(plan, render_plan(plan, "swift"), folder)
+    stream = [packed_row(plan.packing.tokens, b) for b in plan.bin_stream]
+    micro = plan.recipe.training["micro_batch_size"]
+    rows = {"rows": _member_rows(plan, plan.bin_stream[:micro])}
+    (tmp_path / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
+    env = env_for("swift")
+    subprocess.run([str(env.python), str(BATCHES_SCRIPT), str(tmp_path / "rows.json"), str(tmp_path / "got.json")],
+                   cwd=folder, env=env.run_environment(ENGINE.environment(plan)), check=True, timeout=900)
+    result = json.loads((tmp_path / "got.json").read_text(encoding="utf-8"))
+    for impl, got in result.items():
+        assert got["attn"] == impl and got["keys"] == ["input_ids", "labels", "position_ids"], impl
+        assert got["template_padding_free"] is True  # the bins template's; swift's --padding_free stays off
+        assert plan.max_steps == got["max_steps"] == len(got["batches"]) == len(stream) // micro
+        for b, batch in enumerate(got["batches"]):
+            want = stream[b * micro:(b + 1) * micro]
+            assert batch["input_ids"] == [[t for r in want for t in r.input_ids]], (impl, b)
+            assert batch["labels"] == [[t for r in want for t in r.labels]], (impl, b)
+            assert batch["position_ids"] == [[t for r in want for t in r.position_ids]], (impl, b)
+        separate = [t for row in got["separate"] for t in row]
+        assert len(separate) == len(got["packed"]) == len(got["control"])
+        compared, control_gap, values = 0, 0.0, []
+        for alone, in_bin, across in zip(separate, got["packed"], got["control"], strict=True):
+            assert (alone is None) == (in_bin is None), impl
+            if alone is not None:
+                assert in_bin == pytest.approx(alone, rel=1e-4, abs=1e-4), impl
+                control_gap = max(control_gap, abs(across - alone))
+                values.append(alone)
+                compared += 1
+        assert compared > 500 and control_gap > 1e-2, (impl, compared, control_gap)
+        assert got["step_loss"] == pytest.approx(sum(values) / len(values), rel=1e-6), impl
+
+
+@pytest.mark.engine
+def test_swift_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> None:
+    """A real swift run of a packed recipe (`qwenrecipes run`): one line per bin in training order, exactly
+    max_steps steps, and its first loss (LoRA B = 0 at init: the base model's loss on the first step's bins) equals
+    the token-weighted mean loss of those bins' rows run one by one."""
+    from qwenrecipes.data.packing import packed_row
+    from qwenrecipes.run.envs import env_for
+    from tests.test_packing import SCRIPT as LOSSES_SCRIPT
+
+    recipe = _packed_run_recipe(tmp_path, max_steps=3, warmup_steps=1, save_steps=3)
+    plan = plan_recipe(recipe, target="cpu")
+    assert plan.packing is not None and plan.bin_stream
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", "from qwenrecipes.cli import main; main()", "run", str(recipe),
+                           "--engine", "swift", "--run-dir", str(run_dir), "--target", "cpu"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = (run_dir / "data" / "train.tokens.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [[len(m["content"]["token_ids"]) for m in json.loads(line)["messages"] if m["role"] == "assistant"]
+            for line in written] == [[plan.packing.lengths[i] for i in b] for b in plan.bin_stream]
+    steps = [e for e in read_events(run_dir / "events.jsonl") if e.get("type") == "train"]
+    assert [e["step"] for e in steps] == [1, 2, 3]  # qwenrecipes' max_steps
+    bins = plan.bin_stream[:plan.effective_batch]
+    flat = [packed_row(plan.packing.tokens, b) for b in bins]
+    cases = {"bins": [{"input_ids": r.input_ids, "labels": r.labels, "seq_lengths": r.seq_lengths} for r in flat],
+             "rows": _member_rows(plan, bins)}
+    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+    subprocess.run([str(env_for("swift").python), str(LOSSES_SCRIPT), str(tmp_path / "cases.json"), plan.model_path,
+                    str(tmp_path / "losses.json")], check=True, timeout=900)
+    losses = json.loads((tmp_path / "losses.json").read_text(encoding="utf-8"))["impls"]["sdpa"]
+    values = [v for row in losses["separate"] for v in row if v is not None]
+    across = [v for v in losses["control"] if v is not None]  # the same batch with an all-ones attention mask
+    mean, mean_across = sum(values) / len(values), sum(across) / len(across)
+    assert steps[0]["loss"] == pytest.approx(mean, rel=2e-3)  # events round the loss
+    # Full precision (the checkpoint's log_history): 11.9157085 against 11.9157073; rows attending across: 11.91687.
+    state = json.loads((run_dir / "outputs" / "checkpoint-3" / "trainer_state.json").read_text(encoding="utf-8"))
+    assert state["log_history"][0]["loss"] == pytest.approx(mean, abs=1e-5)
+    assert abs(mean_across - mean) > 1e-4, "the control should tell rows attending across apart"

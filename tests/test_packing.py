@@ -97,9 +97,13 @@ def test_max_steps_from_bins_when_unset(tmp_path: Path) -> None:
 
 
 def test_engine_without_a_packed_path_is_refused(tmp_path: Path) -> None:
-    plan = plan_recipe(_packed_recipe(tmp_path), target="cpu")
-    with pytest.raises(RecipeError, match=r"data\.packing"):
-        render_plan(plan, "swift")
+    # swift takes the bins with sdpa and eager only (engines/swift/tokenpath.py): flash attention is not verified.
+    swift_fa2 = _packed_recipe(tmp_path, max_seq_length=256)
+    document = yaml.safe_load(swift_fa2.read_text(encoding="utf-8"))
+    document["model"]["attn"] = "flash_attention_2"
+    swift_fa2.write_text(yaml.safe_dump(document), encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"model\.attn: swift: flash_attention_2 is not verified"):
+        render_plan(plan_recipe(swift_fa2, target="cuda"), "swift")
     with pytest.raises(RecipeError, match=r"data\.packing: unsloth: Unsloth's CUDA path"):  # its CPU backend takes them
         render_plan(plan_recipe(_packed_recipe(tmp_path), target="cuda"), "unsloth")
 
@@ -179,6 +183,8 @@ def test_validate_refuses_an_engine_without_a_packed_path(tmp_path: Path, capsys
     assert code == 0 and "bins of 256 tokens" in out
     code, out, _ = run_cli(["validate", recipe, "--target", "cpu", "-e", "trl"], capsys)
     assert code == 0 and "bins of 256 tokens" in out and "mean fill" in out
+    code, out, _ = run_cli(["validate", recipe, "--target", "cpu", "-e", "swift"], capsys)
+    assert code == 0 and "bins of 256 tokens" in out
 
 
 @pytest.mark.engine

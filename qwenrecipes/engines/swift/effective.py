@@ -110,7 +110,9 @@ def effective(files: dict[str, str]) -> dict[str, Any]:
         loss_mask = concepts.LOSS_MASK_ASSISTANT if ours else LOSS_MASK_SWIFT
     else:
         loss_mask = f"swift loss_scale {scale}"
-    if c["template"] == tokenpath.TEMPLATE_NAME and textpath.REGISTER_FILE in (c.get("custom_register_path") or []):
+    registered = textpath.REGISTER_FILE in (c.get("custom_register_path") or [])
+    bins = registered and c["template"] == tokenpath.BINS_TEMPLATE_NAME  # qwenrecipes' bins (tokenpath.py)
+    if registered and c["template"] in (tokenpath.TEMPLATE_NAME, tokenpath.BINS_TEMPLATE_NAME):
         chat_template, think = concepts.CHAT_TEMPLATE_TOKENS, concepts.THINK_INLINE
         loss_mask = concepts.LOSS_MASK_TOKENS
     # strict: a row over max_length fails the run instead of being deleted (qwenrecipes dropped them already).
@@ -118,6 +120,8 @@ def effective(files: dict[str, str]) -> dict[str, Any]:
                   else f"swift truncation_strategy {c['truncation_strategy'] or 'delete'} (rows dropped silently)")
     packing: bool | str = ("binpack: rows packed up to max_length, padding-free with per-row position_ids (rows stay "
                            "separate only with flash_attention_2/3)") if c["packing"] else False
+    if bins and not c["packing"]:
+        packing = concepts.PACKING_BINS
 
     gpus = _gpus(files)
     if c["deepspeed"]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
+from qwenrecipes.data.packing import PackedRow
 from qwenrecipes.engines.base import (
     MEMORY_FALLBACK,
     BaseEngine,
@@ -52,8 +53,9 @@ NOTES: dict[str, str] = {
     "model": "swift loads every model with trust_remote_code=True (no switch); Qwen3 has no remote code",
     "save_steps": "swift keeps its final weights in the last checkpoint-N; train_swift.py also saves them into "
                   "output_dir",
-    "packing": "swift packs with its binpack strategy and padding_free position_ids (rows kept apart only with "
-               "flash_attention_2/3)",
+    "packing": "qwenrecipes' bins through swift's padding_free collator (the bins template's per-row position ids, "
+               "no attention mask; verified with sdpa and eager); with the text handoff swift packs with its "
+               "binpack strategy (rows kept apart only with flash_attention_2/3)",
     "liger_kernel": "liger-kernel is not in the swift env's lock: use_liger_kernel is off unless the env adds it",
     "quantization": "QLoRA needs bitsandbytes, which the CPU lock of the swift env does not carry",
 }
@@ -181,12 +183,15 @@ class SwiftEngine(BaseEngine):
 
     def render(self, plan: Plan) -> dict[str, str]:
         context = header_context(plan, self.name)
+        # The bins template only in a folder of qwenrecipes' bins (tokenpath.py).
+        bins = tokenpath.BINS_TEMPLATE_NAME if plan.packing is not None else None
         files = {
             MAIN_FILE: render_template("swift/swift_sft.yaml.j2", sections=self.sections(plan), target=plan.target,
                                        warnings=plan.warnings, swift_version=SWIFT_VERSION, **context),
             LAUNCHER_FILE: render_template("swift/train_swift.py.j2", **context),
             textpath.REGISTER_FILE: render_template(textpath.REGISTER_TEMPLATE, template_name=textpath.TEMPLATE_NAME,
-                                                    tokens_template_name=tokenpath.TEMPLATE_NAME, **context),
+                                                    tokens_template_name=tokenpath.TEMPLATE_NAME,
+                                                    bins_template_name=bins, **context),
         }
         ds = deepspeed_config(plan)
         if ds is not None:
@@ -221,7 +226,14 @@ class SwiftEngine(BaseEngine):
     def token_row(self, input_ids: list[int], labels: list[int]) -> dict[str, Any]:
         return tokenpath.token_row(input_ids, labels)
 
+    def packing_problems(self, plan: Plan) -> list[tuple[str, str]]:
+        if plan.packing is None or plan.recipe.model["attn"] in tokenpath.PACKED_ATTN:
+            return []
+        return [("model.attn", f"{plan.recipe.model['attn']} {tokenpath.PACKED_ATTN_REFUSED} (docs/equivalence.md, "
+                               f"Packing): use {' or '.join(tokenpath.PACKED_ATTN)}, or packing: false")]
 
+    def packed_row(self, row: PackedRow) -> dict[str, Any]:
+        return tokenpath.packed_row(row.input_ids, row.labels, row.seq_lengths)
 
 
 ENGINE = SwiftEngine()

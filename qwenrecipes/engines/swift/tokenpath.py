@@ -9,6 +9,15 @@ then one empty user turn (no tokens) and one assistant turn holding the whole ro
 where qwenrecipes' labels train: swift's labels are those ids, -100 elsewhere. The registered template lives in
 the same ``qwenrecipes_template.py`` as the text path's (textpath.py).
 
+Packed (``data.packing``, issue 14): each line is one bin of qwenrecipes, one empty user turn and one assistant
+content per member row (``packed_row``), read through a second pass-through template (``qwenrecipes_bins``,
+``chat_sep=[]``: the rounds are concatenated with nothing between them). Its ``_encode`` adds ``position_ids``
+restarting at 0 for each round, i.e. each member row, and it turns swift's own ``padding_free`` collator on
+(``Template._data_collator``: ``packing_row`` concatenates the micro-batch's examples into one row, keeps their
+``position_ids`` and passes no attention mask), so transformers keeps the rows apart. swift's own ``--padding_free``
+and ``--packing`` stay off: ``SftArguments._check_padding_free`` accepts either only with flash attention, and
+``--packing`` would re-bin the bins. Labels are the rows' as written (each row's first is -100 already).
+
 One difference stays: ``Template._encode`` sets ``labels[0] = -100`` on every row, which matters only for
 ``train_on: all`` (residual ``first_token_masked``; a causal LM never predicts the first token, so the loss is
 the same).
@@ -22,7 +31,13 @@ from qwenrecipes.engines.swift import textpath
 from qwenrecipes.recipe.plan import EVAL_TOKENS_FILE, TRAIN_TOKENS_FILE, Plan
 
 TEMPLATE_NAME = "qwenrecipes_tokens"
+BINS_TEMPLATE_NAME = "qwenrecipes_bins"
 IGNORE = -100
+# Attention implementations measured to keep a bin's rows apart through this path (tests/test_engine_swift.py);
+# flash attention is not measured here (no CPU kernel).
+PACKED_ATTN = ("sdpa", "eager")
+PACKED_ATTN_REFUSED = "is not verified to keep a bin's rows apart through swift's padding_free collator (measured " \
+                      "on CPU: sdpa and eager; flash attention, swift's own padding_free choice, not measured)"
 
 
 def dataset_args(plan: Plan) -> dict[str, Any]:
@@ -34,6 +49,8 @@ def dataset_args(plan: Plan) -> dict[str, Any]:
         "template": TEMPLATE_NAME,
         "loss_scale": "default",  # the per-token loss_scale of each row decides
     })
+    if plan.packing is not None:  # qwenrecipes' bins: the bins template flattens them, swift's packer stays off
+        args.update({"template": BINS_TEMPLATE_NAME, "packing": False, "padding_free": False})
     return args
 
 
@@ -42,3 +59,14 @@ def token_row(input_ids: list[int], labels: list[int]) -> dict[str, Any]:
     scale = [0 if label == IGNORE else 1 for label in labels]
     return {"messages": [{"role": "user", "content": ""},
                          {"role": "assistant", "content": {"token_ids": input_ids, "loss_scale": scale}}]}
+
+
+def packed_row(input_ids: list[int], labels: list[int], seq_lengths: list[int]) -> dict[str, Any]:
+    """One bin: one empty user turn and one assistant content per member row, in order (the bins template
+    restarts position ids at each)."""
+    messages: list[dict[str, Any]] = []
+    start = 0
+    for length in seq_lengths:
+        messages += token_row(input_ids[start:start + length], labels[start:start + length])["messages"]
+        start += length
+    return {"messages": messages}

@@ -1,6 +1,7 @@
 """Packed vs unpacked supervised tokens/s on the CPU engines, tiny model, realistic chat lengths, one run.
 
-    .venv/bin/python benchmarks/packing_cpu.py [--engines trl,axolotl,llamafactory,swift,unsloth] [--unpacked trl,axolotl,llamafactory]
+    .venv/bin/python benchmarks/packing_cpu.py [--engines trl,axolotl,llamafactory,swift,unsloth]
+        [--unpacked trl,axolotl,llamafactory]
 
 Each engine trains recipes/tiny-cpu.yaml (builtin:tiny-qwen3, LoRA r=8, fp32, micro-batch 4) on the same
 synthetic rows whose lengths follow the LMSYS-Chat-1M lognormal (qwenrecipes/data/lengths.py), capped at

@@ -16,7 +16,7 @@ import pytest
 
 from qwenrecipes.bench.execute import execute_point
 from qwenrecipes.bench.inputs import parse_overrides
-from qwenrecipes.bench.launch import Launcher
+from qwenrecipes.bench.launch import Launcher, host_argv
 from qwenrecipes.bench.metrics import ceiling_tokens_per_s, classify_status, measure
 from qwenrecipes.bench.prepare import PreparedPoint, prepare_point
 from qwenrecipes.bench.report import ROW_FIELDS, write_report
@@ -170,3 +170,19 @@ def test_bench_tiny_trl_cpu(tmp_path: Path) -> None:
     for name in ("throughput.png", "loss.png"):
         assert (out / name).stat().st_size > 1000
     assert not (out / "memory.png").exists()  # a CPU run measures no GPU memory
+
+
+def test_host_argv_rewrites_a_chained_engine_command() -> None:
+    """LLaMA-Factory's token handoff runs `python load_tokens.py llamafactory-cli train ...` (the script execs the
+    rest): with a bundle on the host interpreter, the console script in the tail needs its module form too (an
+    offline bundle has no console scripts; device call 11 failed on it)."""
+    from qwenrecipes.engines import ENGINES
+    from qwenrecipes.recipe.plan import plan_recipe
+
+    plan = plan_recipe(Path(__file__).parent.parent / "recipes" / "tiny-cpu.yaml", target="cpu")
+    command = ENGINES["llamafactory"].command(plan)
+    assert command[:3] == ["python", "load_tokens.py", "llamafactory-cli"]
+    assert host_argv(command, "/host/python3") == [
+        "/host/python3", "load_tokens.py", "/host/python3", "-m", "llamafactory.cli", *command[3:]]
+    assert host_argv(["python", "train_trl.py", "--config", "x.yaml"], "/p") == ["/p", "train_trl.py", "--config",
+                                                                               "x.yaml"]

@@ -99,3 +99,19 @@ def test_bundle_over_the_limit_is_refused(tmp_path: Path, spec: bundle.BundleSpe
     _wheel_with(cache, "hostpkg", "2.0", {"hostpkg/__init__.py": b""})
     with pytest.raises(QwenRecipesError, match=r"site\.tar\.xz is .* MiB, over --max-mib"):
         bundle.build_bundle("fake", "3.12", None, None, tmp_path / "out", wheel_cache=cache, max_mib=0.1)
+
+
+@pytest.mark.parametrize("trim", [{"keep_modeling": ("qwen3",)}, {"keep_models": ("qwen3",)}])
+def test_trimmed_transformers_keeps_the_auto_classes(tmp_path: Path, trim: dict[str, tuple[str, ...]]) -> None:
+    """Trimming other models' modeling files must leave transformers/models/auto whole: without modeling_auto.py
+    `from transformers import AutoModelForCausalLM` fails (it did, in the swift bundle of device call 10)."""
+    models = tmp_path / "transformers" / "models"
+    for name, files in {"auto": ("modeling_auto.py", "tokenization_auto.py"), "qwen3": ("modeling_qwen3.py",),
+                        "llama": ("modeling_llama.py", "configuration_llama.py")}.items():
+        (models / name).mkdir(parents=True)
+        for file in ("__init__.py", *files):
+            (models / name / file).write_text("# real module\n", encoding="utf-8")
+    bundle._trim_transformers(tmp_path, bundle.BundleSpec(packages=("transformers==5.19.0",), **trim))
+    assert (models / "auto" / "modeling_auto.py").is_file() and (models / "auto" / "tokenization_auto.py").is_file()
+    assert (models / "qwen3" / "modeling_qwen3.py").is_file()
+    assert not (models / "llama" / "modeling_llama.py").exists()

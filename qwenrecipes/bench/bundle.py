@@ -100,7 +100,8 @@ def _trim_transformers(site: Path, spec: BundleSpec) -> None:
     if not models.is_dir():
         return
     for folder in models.iterdir():
-        if not folder.is_dir():
+        # transformers/models/auto is the Auto* classes' mappings (modeling_auto.py), which every model load needs.
+        if not folder.is_dir() or folder.name == "auto":
             continue
         if spec.keep_models and folder.name not in spec.keep_models:
             # An empty package stays: transformers' auto classes import `transformers.models.<type>` while scanning

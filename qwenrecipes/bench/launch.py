@@ -35,8 +35,8 @@ class Launcher:
 
 def host_argv(argv: Sequence[str], python: str) -> list[str]:
     """An engine command as the host interpreter runs it: `python X` -> `PY X`, `script ...` -> `PY -m module ...`.
-    A chained command (`python load_tokens.py llamafactory-cli train ...`: the script execs the rest) has its tail
-    rewritten too, since an offline bundle has no console scripts."""
+    A chained command (`python SCRIPT.py CONSOLE_SCRIPT ...`: the script execs the rest, as a token-handoff loader
+    does) has its tail rewritten too, since an offline bundle has no console scripts."""
     head, *rest = argv
     if head in ("python", "python3"):
         if len(rest) > 1 and rest[0].endswith(".py") and console_module(rest[1]) is not None:

@@ -10,6 +10,8 @@
 #    (qwenrecipes/engines/swift/bundle.py keep_modeling=("qwen3",)) deletes transformers/models/auto/modeling_auto.py,
 #    so `from transformers import AutoModelForCausalLM` fails; the carried bundle had every modeling_*.py put back
 #    from the transformers 5.19.0 wheel (then re-compressed) before this call.
+# Both were fixed in qwenrecipes afterwards (commit 9877304): the shim below is harmless but no longer needed, and a
+# bundle from `qwenrecipes env bundle swift` now keeps transformers/models/auto.
 # carry: .gpu/qr-wheels .gpu/data .gpu/bundle-lf/site.tar.xz .gpu/bundle-axolotl/site.tar.xz .gpu/bundle-swift/site.tar.xz
 #   bash benchmarks/gpu_run.sh benchmarks/plans/call12.sh 330
 # Not run: 2026-12-05, five starts refused ("no device machine could be started right now") until device time ran out.

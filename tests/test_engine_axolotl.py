@@ -26,8 +26,8 @@ from qwenrecipes.recipe.load import ALL_LINEAR
 from qwenrecipes.recipe.plan import Plan, plan_recipe
 from qwenrecipes.render.folder import render_plan, write_rendered
 from tests.conftest import render_resolved, tiny_plan
+from tests.packing_checks import assert_rows_kept_apart, member_rows, packed_run_recipe
 from tests.test_packing import SCRIPT as LOSSES_SCRIPT
-from tests.test_packing import _packed_recipe
 
 BATCHES_SCRIPT = Path(__file__).parent / "scripts" / "axolotl_packed_batches.py"
 
@@ -236,20 +236,6 @@ def test_hostile_name_that_engine_files_cannot_carry_is_refused(refused: str) ->
         tiny_plan({"output": {"dir": refused}}, target="cpu")
 
 
-def _packed_run_recipe(tmp_path: Path, **training: object) -> Path:
-    """tests/test_packing.py's packed recipe (chat.jsonl, 256-token bins, train_on all, sdpa, micro-batch 4)."""
-    recipe = _packed_recipe(tmp_path, max_seq_length=256, train_on="all")
-    document = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    document["training"].update(training)
-    recipe.write_text(yaml.safe_dump(document), encoding="utf-8")
-    return recipe
-
-
-def _rows(plan: Plan, bins: list[tuple[int, ...]]) -> list[dict[str, Any]]:
-    tokens = plan.packing.tokens if plan.packing else ()
-    return [{"input_ids": tokens[i].input_ids, "labels": tokens[i].labels} for b in bins for i in b]
-
-
 @pytest.mark.engine
 def test_axolotl_dataloader_hands_the_bins_in_order_with_rows_apart(tmp_path: Path) -> None:
     """Axolotl's own trainer (config loader, dataset preparation, dataloader) on a rendered packed folder: every
@@ -258,13 +244,14 @@ def test_axolotl_dataloader_hands_the_bins_in_order_with_rows_apart(tmp_path: Pa
     with sdpa and eager, equals its loss with its row run alone. An all-ones mask (rows attend across) differs."""
     from qwenrecipes.run.envs import env_for
 
-    plan = plan_recipe(_packed_run_recipe(tmp_path), target="cpu")
+    plan = plan_recipe(packed_run_recipe(tmp_path), target="cpu")
     assert plan.packing is not None and plan.bin_stream and plan.max_steps is not None
     folder = tmp_path / "out"
     write_rendered(plan, render_plan(plan, "axolotl"), folder)
     stream = [packed_row(plan.packing.tokens, b) for b in plan.bin_stream]
     micro = plan.recipe.training["micro_batch_size"]
-    (tmp_path / "rows.json").write_text(json.dumps({"rows": _rows(plan, plan.bin_stream[:micro])}), encoding="utf-8")
+    rows = {"rows": member_rows(plan, plan.bin_stream[:micro])}
+    (tmp_path / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
     env = env_for("axolotl")
     subprocess.run([str(env.python), str(BATCHES_SCRIPT), str(tmp_path / "rows.json"), str(tmp_path / "out.json")],
                    cwd=folder, env=env.run_environment(ENGINE.environment(plan)), check=True, timeout=900)
@@ -281,15 +268,7 @@ def test_axolotl_dataloader_hands_the_bins_in_order_with_rows_apart(tmp_path: Pa
         separate = [t for row in got["separate"] for t in row]
         packed = [t for r, row in enumerate(got["packed"]) for t in row[:len(stream[r].input_ids)]]
         control = [t for r, row in enumerate(got["control"]) for t in row[:len(stream[r].input_ids)]]
-        assert len(separate) == len(packed)
-        compared, control_gap = 0, 0.0
-        for alone, in_bin, across in zip(separate, packed, control, strict=True):
-            assert (alone is None) == (in_bin is None), impl
-            if alone is not None:
-                assert in_bin == pytest.approx(alone, rel=1e-4, abs=1e-4), impl
-                control_gap = max(control_gap, abs(across - alone))
-                compared += 1
-        assert compared > 500 and control_gap > 1e-2, (impl, compared, control_gap)
+        assert_rows_kept_apart(impl, separate, packed, control)
 
 
 @pytest.mark.engine
@@ -299,7 +278,7 @@ def test_axolotl_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> 
     every step trains the trainable tokens of the next bins of the stream, for exactly max_steps steps."""
     from qwenrecipes.run.envs import env_for
 
-    recipe = _packed_run_recipe(tmp_path, max_steps=3, warmup_steps=1, save_steps=3)
+    recipe = packed_run_recipe(tmp_path, max_steps=3, warmup_steps=1, save_steps=3)
     plan = plan_recipe(recipe, target="cpu")
     assert plan.packing is not None and plan.bin_stream
     run_dir = tmp_path / "run"
@@ -315,7 +294,7 @@ def test_axolotl_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> 
     assert [e["tokens_trainable"] for e in steps] == [sum(trained[:s * batch]) for s in range(1, len(steps) + 1)]
     bins = [packed_row(plan.packing.tokens, b) for b in plan.bin_stream[:batch]]
     cases = {"bins": [{"input_ids": r.input_ids, "labels": r.labels, "seq_lengths": r.seq_lengths} for r in bins],
-             "rows": _rows(plan, plan.bin_stream[:batch])}
+             "rows": member_rows(plan, plan.bin_stream[:batch])}
     (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
     subprocess.run([str(env_for("axolotl").python), str(LOSSES_SCRIPT), str(tmp_path / "cases.json"), plan.model_path,
                     str(tmp_path / "losses.json")], check=True, timeout=900)

@@ -34,6 +34,7 @@ from qwenrecipes.recipe.plan import Plan, plan_recipe
 from qwenrecipes.run.events import iter_log_lines, normalize, read_events
 from qwenrecipes.run.procgroup import group_alive
 from tests.conftest import TINY, cuda_plan, render_resolved, tiny_plan
+from tests.packing_checks import assert_flattened_batches, assert_rows_kept_apart, member_rows, packed_run_recipe
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LOG = FIXTURES / "logs" / "swift_tiny_lora.log"  # engine.log of a real `qwenrecipes run recipes/tiny-cpu.yaml -e swift`
@@ -396,22 +397,6 @@ def test_failure_is_classified(tmp_path: Path) -> None:
 BATCHES_SCRIPT = Path(__file__).parent / "scripts" / "swift_packed_batches.py"
 
 
-def _packed_run_recipe(tmp_path: Path, **training: object) -> Path:
-    """tests/test_packing.py's packed recipe (chat.jsonl, 256-token bins, train_on all, micro-batch 4)."""
-    from tests.test_packing import _packed_recipe
-
-    recipe = _packed_recipe(tmp_path, max_seq_length=256, train_on="all")
-    document = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    document["training"].update(training)
-    recipe.write_text(yaml.safe_dump(document), encoding="utf-8")
-    return recipe
-
-
-def _member_rows(plan: Plan, bins: list[tuple[int, ...]]) -> list[dict[str, Any]]:
-    tokens = plan.packing.tokens if plan.packing else ()
-    return [{"input_ids": tokens[i].input_ids, "labels": tokens[i].labels} for b in bins for i in b]
-
-
 @pytest.mark.engine
 def test_swift_trainer_hands_the_bins_in_order_with_rows_apart(tmp_path: Path) -> None:
     """The rendered train_swift.py builds swift's trainer (its dataset encoding through the bins template, its
@@ -424,13 +409,13 @@ def test_swift_trainer_hands_the_bins_in_order_with_rows_apart(tmp_path: Path) -
     from qwenrecipes.render.folder import render_plan, write_rendered
     from qwenrecipes.run.envs import env_for
 
-    plan = plan_recipe(_packed_run_recipe(tmp_path), target="cpu")
+    plan = plan_recipe(packed_run_recipe(tmp_path), target="cpu")
     assert plan.packing is not None and plan.bin_stream and plan.max_steps is not None
     folder = tmp_path / "out"
     write_rendered(plan, render_plan(plan, "swift"), folder)
     stream = [packed_row(plan.packing.tokens, b) for b in plan.bin_stream]
     micro = plan.recipe.training["micro_batch_size"]
-    rows = {"rows": _member_rows(plan, plan.bin_stream[:micro])}
+    rows = {"rows": member_rows(plan, plan.bin_stream[:micro])}
     (tmp_path / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
     env = env_for("swift")
     subprocess.run([str(env.python), str(BATCHES_SCRIPT), str(tmp_path / "rows.json"), str(tmp_path / "got.json")],
@@ -440,22 +425,9 @@ def test_swift_trainer_hands_the_bins_in_order_with_rows_apart(tmp_path: Path) -
         assert got["attn"] == impl and got["keys"] == ["input_ids", "labels", "position_ids"], impl
         assert got["template_padding_free"] is True  # the bins template's; swift's --padding_free stays off
         assert plan.max_steps == got["max_steps"] == len(got["batches"]) == len(stream) // micro
-        for b, batch in enumerate(got["batches"]):
-            want = stream[b * micro:(b + 1) * micro]
-            assert batch["input_ids"] == [[t for r in want for t in r.input_ids]], (impl, b)
-            assert batch["labels"] == [[t for r in want for t in r.labels]], (impl, b)
-            assert batch["position_ids"] == [[t for r in want for t in r.position_ids]], (impl, b)
+        assert_flattened_batches(impl, got["batches"], stream, micro)
         separate = [t for row in got["separate"] for t in row]
-        assert len(separate) == len(got["packed"]) == len(got["control"])
-        compared, control_gap, values = 0, 0.0, []
-        for alone, in_bin, across in zip(separate, got["packed"], got["control"], strict=True):
-            assert (alone is None) == (in_bin is None), impl
-            if alone is not None:
-                assert in_bin == pytest.approx(alone, rel=1e-4, abs=1e-4), impl
-                control_gap = max(control_gap, abs(across - alone))
-                values.append(alone)
-                compared += 1
-        assert compared > 500 and control_gap > 1e-2, (impl, compared, control_gap)
+        values = assert_rows_kept_apart(impl, separate, got["packed"], got["control"])
         assert got["step_loss"] == pytest.approx(sum(values) / len(values), rel=1e-6), impl
 
 
@@ -468,7 +440,7 @@ def test_swift_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> No
     from qwenrecipes.run.envs import env_for
     from tests.test_packing import SCRIPT as LOSSES_SCRIPT
 
-    recipe = _packed_run_recipe(tmp_path, max_steps=3, warmup_steps=1, save_steps=3)
+    recipe = packed_run_recipe(tmp_path, max_steps=3, warmup_steps=1, save_steps=3)
     plan = plan_recipe(recipe, target="cpu")
     assert plan.packing is not None and plan.bin_stream
     run_dir = tmp_path / "run"
@@ -484,7 +456,7 @@ def test_swift_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> No
     bins = plan.bin_stream[:plan.effective_batch]
     flat = [packed_row(plan.packing.tokens, b) for b in bins]
     cases = {"bins": [{"input_ids": r.input_ids, "labels": r.labels, "seq_lengths": r.seq_lengths} for r in flat],
-             "rows": _member_rows(plan, bins)}
+             "rows": member_rows(plan, bins)}
     (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
     subprocess.run([str(env_for("swift").python), str(LOSSES_SCRIPT), str(tmp_path / "cases.json"), plan.model_path,
                     str(tmp_path / "losses.json")], check=True, timeout=900)

@@ -11,19 +11,17 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
 from qwenrecipes.check.tokens import check_recipe
 from qwenrecipes.data.packing import packed_row
 from qwenrecipes.engines.unsloth.engine import ENGINE
-from qwenrecipes.recipe.plan import Plan, plan_recipe
+from qwenrecipes.recipe.plan import plan_recipe
 from qwenrecipes.render.folder import render_plan, write_rendered
 from tests.conftest import TINY
+from tests.packing_checks import assert_flattened_batches, assert_rows_kept_apart, member_rows, packed_run_recipe
 from tests.test_packing import SCRIPT as LOSSES_SCRIPT
-from tests.test_packing import _packed_recipe
 
 BATCHES_SCRIPT = Path(__file__).parent / "scripts" / "unsloth_packed_batches.py"
 
@@ -77,20 +75,6 @@ def test_check_every_row_on_its_real_code_path(handoff: str) -> None:
         assert all(r.status == "equal" for r in engine.results if not r.sample.startswith(known)), bad
 
 
-def _packed_run_recipe(tmp_path: Path, **training: object) -> Path:
-    """tests/test_packing.py's packed recipe (chat.jsonl, 256-token bins, train_on all, micro-batch 4)."""
-    recipe = _packed_recipe(tmp_path, max_seq_length=256, train_on="all")
-    document = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    document["training"].update(training)
-    recipe.write_text(yaml.safe_dump(document), encoding="utf-8")
-    return recipe
-
-
-def _rows(plan: Plan, bins: list[tuple[int, ...]]) -> list[dict[str, Any]]:
-    tokens = plan.packing.tokens if plan.packing else ()
-    return [{"input_ids": tokens[i].input_ids, "labels": tokens[i].labels} for b in bins for i in b]
-
-
 def test_unsloth_trainer_hands_the_bins_in_order_with_rows_apart(tmp_path: Path) -> None:
     """The rendered train_unsloth.py builds its trainer (Unsloth's CPU backend, the rendered data_collator) on a
     packed folder: every batch is the next micro_batch_size bins of the stream flattened into one row (order and
@@ -99,13 +83,14 @@ def test_unsloth_trainer_hands_the_bins_in_order_with_rows_apart(tmp_path: Path)
     compute_loss (the CPU backend's chunked cross-entropy) is their token-weighted mean. An all-ones mask differs."""
     from qwenrecipes.run.envs import env_for
 
-    plan = plan_recipe(_packed_run_recipe(tmp_path), target="cpu")
+    plan = plan_recipe(packed_run_recipe(tmp_path), target="cpu")
     assert plan.packing is not None and plan.bin_stream and plan.max_steps is not None
     folder = tmp_path / "out"
     write_rendered(plan, render_plan(plan, "unsloth"), folder)
     stream = [packed_row(plan.packing.tokens, b) for b in plan.bin_stream]
     micro = plan.recipe.training["micro_batch_size"]
-    (tmp_path / "rows.json").write_text(json.dumps({"rows": _rows(plan, plan.bin_stream[:micro])}), encoding="utf-8")
+    rows = {"rows": member_rows(plan, plan.bin_stream[:micro])}
+    (tmp_path / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
     env = env_for("unsloth")
     subprocess.run([str(env.python), str(BATCHES_SCRIPT), str(tmp_path / "rows.json"), str(tmp_path / "out.json")],
                    cwd=folder, env=env.run_environment(ENGINE.environment(plan)), check=True, timeout=900)
@@ -115,22 +100,9 @@ def test_unsloth_trainer_hands_the_bins_in_order_with_rows_apart(tmp_path: Path)
         # The CPU backend forced SFTConfig's padding_free off; the rendered collator flattens the batch anyway.
         assert got["padding_free_arg"] is False and got["collator"] == "DataCollatorForLanguageModeling"
         assert plan.max_steps == got["max_steps"] == len(got["batches"]) == len(stream) // micro
-        for b, batch in enumerate(got["batches"]):
-            want = stream[b * micro:(b + 1) * micro]
-            assert batch["input_ids"] == [[t for r in want for t in r.input_ids]], (impl, b)
-            assert batch["labels"] == [[t for r in want for t in r.labels]], (impl, b)
-            assert batch["position_ids"] == [[t for r in want for t in r.position_ids]], (impl, b)
+        assert_flattened_batches(impl, got["batches"], stream, micro)
         separate = [t for row in got["separate"] for t in row]
-        assert len(separate) == len(got["packed"]) == len(got["control"])
-        compared, control_gap, values = 0, 0.0, []
-        for alone, in_bin, across in zip(separate, got["packed"], got["control"], strict=True):
-            assert (alone is None) == (in_bin is None), impl
-            if alone is not None:
-                assert in_bin == pytest.approx(alone, rel=1e-4, abs=1e-4), impl
-                control_gap = max(control_gap, abs(across - alone))
-                values.append(alone)
-                compared += 1
-        assert compared > 500 and control_gap > 1e-2, (impl, compared, control_gap)
+        values = assert_rows_kept_apart(impl, separate, got["packed"], got["control"])
         assert got["step_loss"] == pytest.approx(sum(values) / len(values), rel=1e-6), impl
 
 
@@ -140,7 +112,7 @@ def test_unsloth_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> 
     loss of those bins' rows run one by one."""
     from qwenrecipes.run.envs import env_for
 
-    recipe = _packed_run_recipe(tmp_path, max_steps=3, warmup_steps=1, save_steps=3)
+    recipe = packed_run_recipe(tmp_path, max_steps=3, warmup_steps=1, save_steps=3)
     plan = plan_recipe(recipe, target="cpu")
     assert plan.packing is not None and plan.bin_stream
     run_dir = tmp_path / "run"
@@ -155,7 +127,8 @@ def test_unsloth_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> 
     steps = [e for e in events if e.get("type") == "train"]
     assert [e["step"] for e in steps] == [1, 2, 3]  # qwenrecipes' max_steps
     bins = plan.bin_stream[:plan.effective_batch]
-    cases = {"bins": [ENGINE.packed_row(packed_row(plan.packing.tokens, b)) for b in bins], "rows": _rows(plan, bins)}
+    cases = {"bins": [ENGINE.packed_row(packed_row(plan.packing.tokens, b)) for b in bins],
+             "rows": member_rows(plan, bins)}
     (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
     subprocess.run([str(env_for("unsloth").python), str(LOSSES_SCRIPT), str(tmp_path / "cases.json"), plan.model_path,
                     str(tmp_path / "losses.json")], check=True, timeout=900)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +21,9 @@ from qwenrecipes.recipe.concepts import (
     TRUNCATION_NONE,
 )
 from qwenrecipes.recipe.load import ALL_LINEAR
-from qwenrecipes.recipe.plan import Plan, plan_recipe
-from qwenrecipes.render.folder import render_plan, write_rendered
+from qwenrecipes.recipe.plan import Plan
 from tests.conftest import render_resolved, tiny_plan
-from tests.packing_checks import assert_rows_kept_apart, member_rows, packed_run_recipe
-from tests.test_packing import SCRIPT as LOSSES_SCRIPT
+from tests.packing_checks import assert_rows_kept_apart, first_step_losses, run_packed, trainer_batches
 
 BATCHES_SCRIPT = Path(__file__).parent / "scripts" / "axolotl_packed_batches.py"
 
@@ -242,20 +238,8 @@ def test_axolotl_dataloader_hands_the_bins_in_order_with_rows_apart(tmp_path: Pa
     batch is the next micro_batch_size bins of the stream, as qwenrecipes wrote them (order and count, so max_steps);
     the model gets position ids and no attention mask; each token's loss in the first batch, through trainer.model
     with sdpa and eager, equals its loss with its row run alone. An all-ones mask (rows attend across) differs."""
-    from qwenrecipes.run.envs import env_for
 
-    plan = plan_recipe(packed_run_recipe(tmp_path), target="cpu")
-    assert plan.packing is not None and plan.bin_stream and plan.max_steps is not None
-    folder = tmp_path / "out"
-    write_rendered(plan, render_plan(plan, "axolotl"), folder)
-    stream = [packed_row(plan.packing.tokens, b) for b in plan.bin_stream]
-    micro = plan.recipe.training["micro_batch_size"]
-    rows = {"rows": member_rows(plan, plan.bin_stream[:micro])}
-    (tmp_path / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
-    env = env_for("axolotl")
-    subprocess.run([str(env.python), str(BATCHES_SCRIPT), str(tmp_path / "rows.json"), str(tmp_path / "out.json")],
-                   cwd=folder, env=env.run_environment(ENGINE.environment(plan)), check=True, timeout=900)
-    result = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+    plan, stream, micro, result = trainer_batches(tmp_path, "axolotl", BATCHES_SCRIPT)
     for impl, got in result.items():
         assert got["keys"] == ["input_ids", "labels", "position_ids"] and got["use_cache"] is False, impl
         assert got["max_steps"] == plan.max_steps == len(got["batches"]) == len(stream) // micro
@@ -276,31 +260,15 @@ def test_axolotl_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> 
     """A real Axolotl run of a packed recipe (`qwenrecipes run`): its first logged loss (LoRA B = 0 at init: the base
     model's loss on the first step's bins) equals the token-weighted mean loss of those bins' rows run one by one;
     every step trains the trainable tokens of the next bins of the stream, for exactly max_steps steps."""
-    from qwenrecipes.run.envs import env_for
 
-    recipe = packed_run_recipe(tmp_path, max_steps=3, warmup_steps=1, save_steps=3)
-    plan = plan_recipe(recipe, target="cpu")
-    assert plan.packing is not None and plan.bin_stream
-    run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", "from qwenrecipes.cli import main; main()", "run", str(recipe),
-                           "--engine", "axolotl", "--run-dir", str(run_dir), "--target", "cpu"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan, run_dir = run_packed(tmp_path, "axolotl", max_steps=3, warmup_steps=1, save_steps=3)
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     steps = [e for e in events if e.get("type") == "train"]
     batch = plan.effective_batch
     assert [e["step"] for e in steps] == list(range(1, plan.recipe.training["max_steps"] + 1))
     trained = [sum(label != -100 for label in packed_row(plan.packing.tokens, b).labels) for b in plan.bin_stream]
     assert [e["tokens_trainable"] for e in steps] == [sum(trained[:s * batch]) for s in range(1, len(steps) + 1)]
-    bins = [packed_row(plan.packing.tokens, b) for b in plan.bin_stream[:batch]]
-    cases = {"bins": [{"input_ids": r.input_ids, "labels": r.labels, "seq_lengths": r.seq_lengths} for r in bins],
-             "rows": member_rows(plan, plan.bin_stream[:batch])}
-    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
-    subprocess.run([str(env_for("axolotl").python), str(LOSSES_SCRIPT), str(tmp_path / "cases.json"), plan.model_path,
-                    str(tmp_path / "losses.json")], check=True, timeout=900)
-    separate = json.loads((tmp_path / "losses.json").read_text(encoding="utf-8"))["impls"]["sdpa"]["separate"]
-    values = [v for row in separate for v in row if v is not None]
-    mean = sum(values) / len(values)
+    mean, _ = first_step_losses(tmp_path, plan, "axolotl")
     assert steps[0]["loss"] == pytest.approx(mean, rel=2e-3)  # the console's loss has 4 significant digits
     # Full precision (the checkpoint's log_history): rows attending across would move it by ~5e-4 on this model.
     state = json.loads((run_dir / "outputs" / "checkpoint-3" / "trainer_state.json").read_text(encoding="utf-8"))

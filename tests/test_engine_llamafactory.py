@@ -6,7 +6,6 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from qwenrecipes.recipe.concepts import CONCEPTS, LOSS_MASK_ALL, THINK_INLINE, T
 from qwenrecipes.recipe.load import ALL_LINEAR
 from qwenrecipes.recipe.plan import Plan, plan_recipe
 from tests.conftest import render_resolved, tiny_plan
-from tests.test_packing import _packed_recipe
+from tests.packing_checks import assert_each_row_alone, packed_recipe, run_packed
 
 LF_SCRIPT = Path(__file__).parent / "scripts" / "lf_packed_losses.py"
 
@@ -231,26 +230,13 @@ def test_lf_collator_keeps_the_rows_of_a_bin_apart(tmp_path: Path) -> None:
     """Per-token losses of three bins (one micro-batch, a short one padded by the collator) through LF's
     SFTDataCollatorWith4DAttentionMask (neat_packing: block-diagonal 4-D mask, no position ids) equal those of their
     rows run one by one, with sdpa and eager; with block_diag_attn off (the row indices as a 2-D mask) they do not."""
-    plan = plan_recipe(_packed_recipe(tmp_path, max_seq_length=256, train_on="all"), target="cpu")
+    plan = plan_recipe(packed_recipe(tmp_path, max_seq_length=256, train_on="all"), target="cpu")
     assert plan.packing is not None
     bins = [plan.packing.bins[0], plan.packing.bins[-1], plan.packing.bins[len(plan.packing.bins) // 2]]
     assert len({sum(plan.packing.lengths[i] for i in b) for b in bins}) > 1 and all(len(b) >= 2 for b in bins)
     for impl, got in _lf_packed_losses(tmp_path, plan, bins).items():
         assert got["collator_keys"] == ["attention_mask", "input_ids", "labels"] and len(got["mask_shape"]) == 4
-        offset, compared, control_gap = 0, 0, 0.0
-        for row_losses in got["separate"]:
-            packed = got["packed"][offset:offset + len(row_losses)]
-            control = got["control"][offset:offset + len(row_losses)]
-            assert packed[0] is None  # the row's first token is never predicted from the previous row
-            for t in range(1, len(row_losses)):
-                assert (row_losses[t] is None) == (packed[t] is None), (impl, offset, t)
-                if row_losses[t] is not None:
-                    assert packed[t] == pytest.approx(row_losses[t], rel=1e-4, abs=1e-4), (impl, offset, t)
-                    control_gap = max(control_gap, abs(control[t] - row_losses[t]))
-                    compared += 1
-            offset += len(row_losses)
-        assert offset == len(got["packed"]) and compared > 100
-        assert control_gap > 1e-3, f"{impl}: the 2-D mask control should attend across rows"
+        assert_each_row_alone(impl, got)  # the control: the row indices as a 2-D mask
 
 
 @pytest.mark.engine
@@ -258,17 +244,7 @@ def test_llamafactory_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path
     """A real LLaMA-Factory run of a packed recipe (`qwenrecipes run`): its first logged loss (LoRA B = 0 at init:
     the base model's loss on the first step's bins) equals the token-weighted mean loss of those bins' rows run one
     by one, and is told apart from the loss with rows attending across."""
-    recipe = _packed_recipe(tmp_path, max_seq_length=256, train_on="all")
-    document = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    document["training"].update({"max_steps": 3, "warmup_steps": 1})
-    recipe.write_text(yaml.safe_dump(document), encoding="utf-8")
-    plan = plan_recipe(recipe, target="cpu")
-    assert plan.packing is not None and plan.bin_stream
-    run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", "from qwenrecipes.cli import main; main()", "run", str(recipe),
-                           "--engine", "llamafactory", "--run-dir", str(run_dir), "--target", "cpu"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan, run_dir = run_packed(tmp_path, "llamafactory", max_steps=3, warmup_steps=1)
     bins = plan.bin_stream[:plan.effective_batch]
     written = (run_dir / "data" / "train.tokens.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(written) == len(plan.bin_stream)  # one saved row per bin, in training order

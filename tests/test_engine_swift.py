@@ -34,7 +34,13 @@ from qwenrecipes.recipe.plan import Plan, plan_recipe
 from qwenrecipes.run.events import iter_log_lines, normalize, read_events
 from qwenrecipes.run.procgroup import group_alive
 from tests.conftest import TINY, cuda_plan, render_resolved, tiny_plan
-from tests.packing_checks import assert_flattened_batches, assert_rows_kept_apart, member_rows, packed_run_recipe
+from tests.packing_checks import (
+    assert_flattened_batches,
+    assert_rows_kept_apart,
+    first_step_losses,
+    run_packed,
+    trainer_batches,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LOG = FIXTURES / "logs" / "swift_tiny_lora.log"  # engine.log of a real `qwenrecipes run recipes/tiny-cpu.yaml -e swift`
@@ -405,22 +411,8 @@ def test_swift_trainer_hands_the_bins_in_order_with_rows_apart(tmp_path: Path) -
     attention mask; each token's loss in the first batch, through trainer.model with sdpa and eager, equals its loss
     with its row run alone, and the trainer's own compute_loss is their token-weighted mean. An all-ones mask
     differs."""
-    from qwenrecipes.data.packing import packed_row
-    from qwenrecipes.render.folder import render_plan, write_rendered
-    from qwenrecipes.run.envs import env_for
 
-    plan = plan_recipe(packed_run_recipe(tmp_path), target="cpu")
-    assert plan.packing is not None and plan.bin_stream and plan.max_steps is not None
-    folder = tmp_path / "out"
-    write_rendered(plan, render_plan(plan, "swift"), folder)
-    stream = [packed_row(plan.packing.tokens, b) for b in plan.bin_stream]
-    micro = plan.recipe.training["micro_batch_size"]
-    rows = {"rows": member_rows(plan, plan.bin_stream[:micro])}
-    (tmp_path / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
-    env = env_for("swift")
-    subprocess.run([str(env.python), str(BATCHES_SCRIPT), str(tmp_path / "rows.json"), str(tmp_path / "got.json")],
-                   cwd=folder, env=env.run_environment(ENGINE.environment(plan)), check=True, timeout=900)
-    result = json.loads((tmp_path / "got.json").read_text(encoding="utf-8"))
+    plan, stream, micro, result = trainer_batches(tmp_path, "swift", BATCHES_SCRIPT)
     for impl, got in result.items():
         assert got["attn"] == impl and got["keys"] == ["input_ids", "labels", "position_ids"], impl
         assert got["template_padding_free"] is True  # the bins template's; swift's --padding_free stays off
@@ -436,34 +428,16 @@ def test_swift_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> No
     """A real swift run of a packed recipe (`qwenrecipes run`): one line per bin in training order, exactly
     max_steps steps, and its first loss (LoRA B = 0 at init: the base model's loss on the first step's bins) equals
     the token-weighted mean loss of those bins' rows run one by one."""
-    from qwenrecipes.data.packing import packed_row
-    from qwenrecipes.run.envs import env_for
-    from tests.test_packing import SCRIPT as LOSSES_SCRIPT
 
-    recipe = packed_run_recipe(tmp_path, max_steps=3, warmup_steps=1, save_steps=3)
-    plan = plan_recipe(recipe, target="cpu")
-    assert plan.packing is not None and plan.bin_stream
-    run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", "from qwenrecipes.cli import main; main()", "run", str(recipe),
-                           "--engine", "swift", "--run-dir", str(run_dir), "--target", "cpu"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=RUN_TIMEOUT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    plan, run_dir = run_packed(tmp_path, "swift", max_steps=3, warmup_steps=1, save_steps=3)
     written = (run_dir / "data" / "train.tokens.jsonl").read_text(encoding="utf-8").splitlines()
     assert [[len(m["content"]["token_ids"]) for m in json.loads(line)["messages"] if m["role"] == "assistant"]
             for line in written] == [[plan.packing.lengths[i] for i in b] for b in plan.bin_stream]
     steps = [e for e in read_events(run_dir / "events.jsonl") if e.get("type") == "train"]
     assert [e["step"] for e in steps] == [1, 2, 3]  # qwenrecipes' max_steps
-    bins = plan.bin_stream[:plan.effective_batch]
-    flat = [packed_row(plan.packing.tokens, b) for b in bins]
-    cases = {"bins": [{"input_ids": r.input_ids, "labels": r.labels, "seq_lengths": r.seq_lengths} for r in flat],
-             "rows": member_rows(plan, bins)}
-    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
-    subprocess.run([str(env_for("swift").python), str(LOSSES_SCRIPT), str(tmp_path / "cases.json"), plan.model_path,
-                    str(tmp_path / "losses.json")], check=True, timeout=900)
-    losses = json.loads((tmp_path / "losses.json").read_text(encoding="utf-8"))["impls"]["sdpa"]
-    values = [v for row in losses["separate"] for v in row if v is not None]
-    across = [v for v in losses["control"] if v is not None]  # the same batch with an all-ones attention mask
-    mean, mean_across = sum(values) / len(values), sum(across) / len(across)
+    # mean_across: the same batch with an all-ones attention mask (rows attending across)
+    mean, mean_across = first_step_losses(tmp_path, plan, "swift")
     assert steps[0]["loss"] == pytest.approx(mean, rel=2e-3)  # events round the loss
     # Full precision (the checkpoint's log_history): 11.9157085 against 11.9157073; rows attending across: 11.91687.
     state = json.loads((run_dir / "outputs" / "checkpoint-3" / "trainer_state.json").read_text(encoding="utf-8"))

@@ -15,13 +15,15 @@ from pathlib import Path
 import pytest
 
 from qwenrecipes.check.tokens import check_recipe
-from qwenrecipes.data.packing import packed_row
-from qwenrecipes.engines.unsloth.engine import ENGINE
 from qwenrecipes.recipe.plan import plan_recipe
-from qwenrecipes.render.folder import render_plan, write_rendered
 from tests.conftest import TINY
-from tests.packing_checks import assert_flattened_batches, assert_rows_kept_apart, member_rows, packed_run_recipe
-from tests.test_packing import SCRIPT as LOSSES_SCRIPT
+from tests.packing_checks import (
+    assert_flattened_batches,
+    assert_rows_kept_apart,
+    first_step_losses,
+    run_packed,
+    trainer_batches,
+)
 
 BATCHES_SCRIPT = Path(__file__).parent / "scripts" / "unsloth_packed_batches.py"
 
@@ -81,20 +83,8 @@ def test_unsloth_trainer_hands_the_bins_in_order_with_rows_apart(tmp_path: Path)
     count, so max_steps), with position ids restarting per row and no attention mask; each token's loss in the first
     batch, through trainer.model with sdpa and eager, equals its loss with its row run alone, and the trainer's own
     compute_loss (the CPU backend's chunked cross-entropy) is their token-weighted mean. An all-ones mask differs."""
-    from qwenrecipes.run.envs import env_for
 
-    plan = plan_recipe(packed_run_recipe(tmp_path), target="cpu")
-    assert plan.packing is not None and plan.bin_stream and plan.max_steps is not None
-    folder = tmp_path / "out"
-    write_rendered(plan, render_plan(plan, "unsloth"), folder)
-    stream = [packed_row(plan.packing.tokens, b) for b in plan.bin_stream]
-    micro = plan.recipe.training["micro_batch_size"]
-    rows = {"rows": member_rows(plan, plan.bin_stream[:micro])}
-    (tmp_path / "rows.json").write_text(json.dumps(rows), encoding="utf-8")
-    env = env_for("unsloth")
-    subprocess.run([str(env.python), str(BATCHES_SCRIPT), str(tmp_path / "rows.json"), str(tmp_path / "out.json")],
-                   cwd=folder, env=env.run_environment(ENGINE.environment(plan)), check=True, timeout=900)
-    result = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))
+    plan, stream, micro, result = trainer_batches(tmp_path, "unsloth", BATCHES_SCRIPT)
     for impl, got in result.items():
         assert got["attn"] == impl and got["keys"] == ["input_ids", "labels", "position_ids"], impl
         # The CPU backend forced SFTConfig's padding_free off; the rendered collator flattens the batch anyway.
@@ -110,32 +100,16 @@ def test_unsloth_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> 
     """A real Unsloth run of a packed recipe (`qwenrecipes run`, its CPU backend): exactly max_steps steps, and its
     first loss (LoRA B = 0 at init: the base model's loss on the first step's bins) equals the token-weighted mean
     loss of those bins' rows run one by one."""
-    from qwenrecipes.run.envs import env_for
 
-    recipe = packed_run_recipe(tmp_path, max_steps=3, warmup_steps=1, save_steps=3)
-    plan = plan_recipe(recipe, target="cpu")
-    assert plan.packing is not None and plan.bin_stream
-    run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", "from qwenrecipes.cli import main; main()", "run", str(recipe),
-                           "--engine", "unsloth", "--run-dir", str(run_dir), "--target", "cpu"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan, run_dir = run_packed(tmp_path, "unsloth", max_steps=3, warmup_steps=1, save_steps=3)
     written = (run_dir / "data" / "train.tokens.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["seq_lengths"] for line in written] == [
         [plan.packing.lengths[i] for i in b] for b in plan.bin_stream]  # one line per bin, in training order
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     steps = [e for e in events if e.get("type") == "train"]
     assert [e["step"] for e in steps] == [1, 2, 3]  # qwenrecipes' max_steps
-    bins = plan.bin_stream[:plan.effective_batch]
-    cases = {"bins": [ENGINE.packed_row(packed_row(plan.packing.tokens, b)) for b in bins],
-             "rows": member_rows(plan, bins)}
-    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
-    subprocess.run([str(env_for("unsloth").python), str(LOSSES_SCRIPT), str(tmp_path / "cases.json"), plan.model_path,
-                    str(tmp_path / "losses.json")], check=True, timeout=900)
-    losses = json.loads((tmp_path / "losses.json").read_text(encoding="utf-8"))["impls"]["sdpa"]
-    values = [v for row in losses["separate"] for v in row if v is not None]
-    across = [v for v in losses["control"] if v is not None]  # the same batch with an all-ones attention mask
-    mean, mean_across = sum(values) / len(values), sum(across) / len(across)
+    # mean_across: the same batch with an all-ones attention mask (rows attending across)
+    mean, mean_across = first_step_losses(tmp_path, plan, "unsloth")
     assert steps[0]["loss"] == pytest.approx(mean, rel=2e-3)  # events round the loss
     # Full precision (the checkpoint's log_history): 11.9157076 against 11.9157073; rows attending across: 11.91687.
     state = json.loads((run_dir / "outputs" / "checkpoint-3" / "trainer_state.json").read_text(encoding="utf-8"))

@@ -7,7 +7,6 @@ import json
 import math
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,18 +17,9 @@ from qwenrecipes.data.tokens import IGNORE, TokenRow
 from qwenrecipes.errors import RecipeError
 from qwenrecipes.recipe.plan import plan_recipe
 from qwenrecipes.render.folder import render_plan, write_rendered
-
-ROOT = Path(__file__).parent.parent
-SCRIPT = Path(__file__).parent / "scripts" / "packed_losses.py"
-
-
-def _packed_recipe(tmp_path: Path, **data: object) -> Path:
-    document = yaml.safe_load((ROOT / "tests" / "recipes" / "parity.yaml").read_text(encoding="utf-8"))
-    document["data"]["train"]["path"] = str(ROOT / "recipes" / "data" / "chat.jsonl")
-    document["data"].update({"packing": True, **data})
-    path = tmp_path / "packed.yaml"
-    path.write_text(yaml.safe_dump(document), encoding="utf-8")
-    return path
+from tests.packing_checks import LOSSES_SCRIPT as SCRIPT
+from tests.packing_checks import assert_each_row_alone, first_step_losses, run_packed
+from tests.packing_checks import packed_recipe as _packed_recipe
 
 
 def test_best_fit_decreasing_is_deterministic_and_keeps_every_row() -> None:
@@ -134,20 +124,7 @@ def test_packed_row_losses_equal_separate_rows(tmp_path: Path) -> None:
     result = json.loads(out.read_text(encoding="utf-8"))
     assert "attention_mask" not in result["collator_keys"] and "position_ids" in result["collator_keys"]
     for impl, got in result["impls"].items():
-        offset, compared, control_gap = 0, 0, 0.0
-        for row_losses in got["separate"]:
-            packed = got["packed"][offset:offset + len(row_losses)]
-            control = got["control"][offset:offset + len(row_losses)]
-            assert packed[0] is None  # the row's first token is never predicted from the previous row
-            for t in range(1, len(row_losses)):
-                assert (row_losses[t] is None) == (packed[t] is None), (impl, offset, t)
-                if row_losses[t] is not None:
-                    assert packed[t] == pytest.approx(row_losses[t], rel=1e-4, abs=1e-4), (impl, offset, t)
-                    control_gap = max(control_gap, abs(control[t] - row_losses[t]))
-                    compared += 1
-            offset += len(row_losses)
-        assert offset == len(got["packed"]) and compared > 100
-        assert control_gap > 1e-3, f"{impl}: the all-ones mask control should attend across rows"
+        assert_each_row_alone(impl, got)
 
 
 def test_lmsys_lengths_follow_the_fitted_lognormal() -> None:
@@ -191,29 +168,8 @@ def test_validate_refuses_an_engine_without_a_packed_path(tmp_path: Path, capsys
 def test_trl_trains_the_bins_with_the_loss_of_their_rows(tmp_path: Path) -> None:
     """A real TRL run of a packed recipe (`qwenrecipes run`): its first logged loss (LoRA B = 0 at init: the base
     model's loss on the first step's bins) equals the token-weighted mean loss of those bins' rows run one by one."""
-    from qwenrecipes.run.envs import env_for
-
-    recipe = _packed_recipe(tmp_path, max_seq_length=256, train_on="all")
-    document = yaml.safe_load(recipe.read_text(encoding="utf-8"))
-    document["training"].update({"max_steps": 3, "warmup_steps": 1})
-    recipe.write_text(yaml.safe_dump(document), encoding="utf-8")
-    plan = plan_recipe(recipe, target="cpu")
-    assert plan.packing is not None and plan.bin_stream
-    run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", "from qwenrecipes.cli import main; main()", "run", str(recipe),
-                           "--engine", "trl", "--run-dir", str(run_dir), "--target", "cpu"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan, run_dir = run_packed(tmp_path, "trl", max_steps=3, warmup_steps=1)
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()]
     first = next(e for e in events if e.get("type") == "train" and e.get("step") == 1)
-    tokens, bins = plan.packing.tokens, plan.bin_stream[:plan.effective_batch]
-    members = [i for b in bins for i in b]
-    cases = {"bins": [{"input_ids": r.input_ids, "labels": r.labels, "seq_lengths": r.seq_lengths}
-                      for r in (packed_row(tokens, b) for b in bins)],
-             "rows": [{"input_ids": tokens[i].input_ids, "labels": tokens[i].labels} for i in members]}
-    (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
-    subprocess.run([str(env_for("trl").python), str(SCRIPT), str(tmp_path / "cases.json"), plan.model_path,
-                    str(tmp_path / "out.json")], check=True, timeout=900)
-    separate = json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))["impls"]["sdpa"]["separate"]
-    values = [v for row in separate for v in row if v is not None]
-    assert first["loss"] == pytest.approx(sum(values) / len(values), rel=2e-3)
+    alone, _ = first_step_losses(tmp_path, plan, "trl")
+    assert first["loss"] == pytest.approx(alone, rel=2e-3)

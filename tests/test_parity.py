@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from qwenrecipes.run.compare import CompareRow, compare_runs, relative_spread
+from tests.packing_checks import packed_recipe
 
 pytestmark = pytest.mark.engine
 
@@ -46,16 +46,6 @@ def _available() -> tuple[list[str], dict[str, str]]:
     return found, missing
 
 
-def _packed_recipe(root: Path) -> Path:
-    """parity.yaml with qwenrecipes' packing on (bins of max_seq_length 256), its data path made absolute."""
-    document = yaml.safe_load(RECIPE.read_text(encoding="utf-8"))
-    document["data"]["packing"] = True
-    document["data"]["train"]["path"] = str((RECIPE.parent / document["data"]["train"]["path"]).resolve())
-    recipe = root / "parity-packed.yaml"
-    recipe.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
-    return recipe
-
-
 def _takes_the_bins(recipe: Path, engines: list[str]) -> list[str]:
     from qwenrecipes.engines import ENGINES as REGISTRY
     from qwenrecipes.recipe.plan import plan_recipe
@@ -74,7 +64,7 @@ def parity_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     root = tmp_path_factory.mktemp(f"parity-{request.param}")
     recipe = RECIPE
     if request.param == "packed":
-        recipe = _packed_recipe(root)
+        recipe = packed_recipe(root)  # parity.yaml (chat.jsonl) with qwenrecipes' packing on
         engines = _takes_the_bins(recipe, engines)
         if len(engines) < 2:
             pytest.skip(f"packed parity needs two engines that take qwenrecipes' bins; only {engines}")

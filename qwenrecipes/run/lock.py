@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from qwenrecipes.errors import QwenRecipesError
@@ -46,8 +47,13 @@ def unlock(fd: int | None) -> None:
 
 
 def _holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
-    except OSError:
-        return "unknown"
-    return text if text.isdigit() else "unknown"
+    # The holder writes its pid just after taking the lock: give it a moment rather than report "unknown".
+    for _ in range(20):
+        try:
+            text = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip()
+        except OSError:
+            return "unknown"
+        if text.isdigit():
+            return text
+        time.sleep(0.01)
+    return "unknown"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from qwenrecipes.errors import EngineError, QwenRecipesError
 from qwenrecipes.run.events import parse_event_line
-from qwenrecipes.run.lock import lock_run_dir, unlock
+from qwenrecipes.run.lock import LOCK_FILE, lock_run_dir, unlock
 from qwenrecipes.run.procgroup import sigterm_interrupts
 from qwenrecipes.run.rundir import (
     EVENTS_FILE,
@@ -107,7 +107,11 @@ def refuse_before_locking(run_dir: Path, *, resume: bool, force: bool) -> None:
     if resume and not has_marker_file(run_dir):
         raise QwenRecipesError(f"nothing to resume in {run_dir}: it is not a qwenrecipes run dir; "
                                "run without --resume to start")
-    if run_dir.is_dir() and not has_marker_file(run_dir) and not is_empty_run_dir(run_dir):
+    # A folder holding our lock file is ours even before its marker is written: a second `run` racing the first
+    # into a new dir must reach the lock and be told who holds it, not be called foreign.
+    lock_file = run_dir / LOCK_FILE
+    ours = lock_file.is_file() and not lock_file.is_symlink()
+    if run_dir.is_dir() and not ours and not has_marker_file(run_dir) and not is_empty_run_dir(run_dir):
         raise QwenRecipesError(f"run dir {run_dir} is not empty: it is not a qwenrecipes run, so --force will not "
                                "delete it: choose another --run-dir")
 

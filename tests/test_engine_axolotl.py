@@ -23,7 +23,7 @@ from qwenrecipes.recipe.concepts import (
 from qwenrecipes.recipe.load import ALL_LINEAR
 from qwenrecipes.recipe.plan import Plan
 from tests.conftest import render_resolved, tiny_plan
-from tests.packing_checks import assert_rows_kept_apart, first_step_losses, run_packed, trainer_batches
+from tests.packing_checks import assert_bins_side_by_side, first_step_losses, run_packed, trainer_batches
 
 BATCHES_SCRIPT = Path(__file__).parent / "scripts" / "axolotl_packed_batches.py"
 
@@ -241,18 +241,8 @@ def test_axolotl_dataloader_hands_the_bins_in_order_with_rows_apart(tmp_path: Pa
 
     plan, stream, micro, result = trainer_batches(tmp_path, "axolotl", BATCHES_SCRIPT)
     for impl, got in result.items():
-        assert got["keys"] == ["input_ids", "labels", "position_ids"] and got["use_cache"] is False, impl
-        assert got["max_steps"] == plan.max_steps == len(got["batches"]) == len(stream) // micro
-        handed = [(b["input_ids"][r], b["labels"][r], b["position_ids"][r])
-                  for b in got["batches"] for r in range(len(b["input_ids"]))]
-        for (ids, labels, positions), want in zip(handed, stream, strict=True):
-            n = len(want.input_ids)
-            assert (ids[:n], labels[:n], positions[:n]) == (want.input_ids, want.labels, want.position_ids), impl
-            assert set(labels[n:]) <= {-100}  # padding is never trained
-        separate = [t for row in got["separate"] for t in row]
-        packed = [t for r, row in enumerate(got["packed"]) for t in row[:len(stream[r].input_ids)]]
-        control = [t for r, row in enumerate(got["control"]) for t in row[:len(stream[r].input_ids)]]
-        assert_rows_kept_apart(impl, separate, packed, control)
+        assert got["use_cache"] is False, impl
+        assert_bins_side_by_side(impl, got, plan, stream, micro)
 
 
 @pytest.mark.engine

@@ -18,8 +18,16 @@ from qwenrecipes.errors import RecipeError
 from qwenrecipes.recipe.plan import plan_recipe
 from qwenrecipes.render.folder import render_plan, write_rendered
 from tests.packing_checks import LOSSES_SCRIPT as SCRIPT
-from tests.packing_checks import assert_each_row_alone, first_step_losses, run_packed
+from tests.packing_checks import (
+    assert_bins_side_by_side,
+    assert_each_row_alone,
+    first_step_losses,
+    run_packed,
+    trainer_batches,
+)
 from tests.packing_checks import packed_recipe as _packed_recipe
+
+TRL_BATCHES_SCRIPT = Path(__file__).parent / "scripts" / "trl_packed_batches.py"
 
 
 def test_best_fit_decreasing_is_deterministic_and_keeps_every_row() -> None:
@@ -162,6 +170,21 @@ def test_validate_refuses_an_engine_without_a_packed_path(tmp_path: Path, capsys
     assert code == 0 and "bins of 256 tokens" in out and "mean fill" in out
     code, out, _ = run_cli(["validate", recipe, "--target", "cpu", "-e", "swift"], capsys)
     assert code == 0 and "bins of 256 tokens" in out
+
+
+@pytest.mark.engine
+def test_trl_launcher_keeps_the_bins_side_by_side_under_sdpa_and_eager(tmp_path: Path) -> None:
+    """The rendered train_trl.py's own trainer on a packed folder: with sdpa and eager each bin is a row of the
+    micro-batch (not one flattened row), the next micro_batch_size bins of the stream in order, position ids and no
+    attention mask, each token's loss equal to its row's alone, and TRL's token count is every row's; with
+    flash_attention_2 the launcher leaves TRL's flattening padding-free collator in place (varlen needs one row)."""
+    plan, stream, micro, result = trainer_batches(tmp_path, "trl", TRL_BATCHES_SCRIPT)
+    assert result.pop("flash_attention_2") == {"side_by_side": False}
+    for impl, got in result.items():
+        assert got["side_by_side"] is True, impl
+        assert_bins_side_by_side(impl, got, plan, stream, micro)
+        first = got["batches"][0]["input_ids"]
+        assert got["num_tokens"] == [len(first) * len(first[0])], impl
 
 
 @pytest.mark.engine

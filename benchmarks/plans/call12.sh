@@ -12,13 +12,18 @@
 #    from the transformers 5.19.0 wheel (then re-compressed) before this call.
 # Both were fixed in qwenrecipes afterwards (commit 9877304): the shim below is harmless but no longer needed, and a
 # bundle from `qwenrecipes env bundle swift` now keeps transformers/models/auto.
+# 4. TRL packed again: since call 11 the rendered train_trl.py keeps the bins side by side under sdpa (BinsSideBySide),
+#    as Axolotl does, instead of TRL's one flattened 16k row (3.25k tok/s in call 11); target: >= 2.5x its unpacked
+#    1.79k and >= 85% of its fixed-2048 7.66k (call 11's points, same bundle).
 # carry: .gpu/qr-wheels .gpu/data .gpu/bundle-lf/site.tar.xz .gpu/bundle-axolotl/site.tar.xz .gpu/bundle-swift/site.tar.xz
+#        .gpu/bundle-trl-liger/site.tar.xz
 #   bash benchmarks/gpu_run.sh benchmarks/plans/call12.sh 330
 # Not run: 2026-12-05, five starts refused ("no device machine could be started right now") until device time ran out.
 mkdir -p /tmp/qrbin && printf '#!/bin/sh\nexec python3 -m llamafactory.cli "$@"\n' > /tmp/qrbin/llamafactory-cli
 chmod +x /tmp/qrbin/llamafactory-cli && export PATH="/tmp/qrbin:$PATH"
 R=benchmarks/recipes/qwen3-4b-lora-4096.yaml; L=benchmarks/recipes/qwen3-4b-lora-2048.yaml
 A=benchmarks/recipes/qwen3-4b-lora-2048-auto.yaml; SWIFT=.gpu/bundle-swift/site
+b trl "$R" packed-lmsys4096 4000xlmsys:4096 .gpu/bundle-trl-liger/site --set data.packing=true
 b llamafactory "$R" packed-lmsys4096 4000xlmsys:4096 .gpu/bundle-lf/site --set data.packing=true
 b llamafactory "$R" unpacked-lmsys4096 4000xlmsys:4096 .gpu/bundle-lf/site
 b axolotl "$L" fixed-2048 128x2048 .gpu/bundle-axolotl/site

@@ -210,15 +210,17 @@ def _sections(plan: Plan, tokens: bool) -> dict[str, dict[str, Any]]:
             "training": train, "run": run}
 
 
-# Attention implementations that keep qwenrecipes' bins apart on TRL's padding-free path in transformers 5.16.1:
-# one flattened row, position ids restarting per row, no attention mask, no cache (docs/equivalence.md, Packing).
+# Attention implementations that keep qwenrecipes' bins apart in transformers 5.16.1: position ids restarting per
+# row, no attention mask, no cache; one flattened row (TRL's padding-free collator) for flash_attention_2, the bins
+# side by side (train_trl.py's BinsSideBySide) for sdpa and eager (docs/equivalence.md, Packing).
 PACKED_ATTENTION = frozenset({"sdpa", "eager", "flash_attention_2"})
 
 # Why TRL's effective values differ where `explain` flags them.
 NOTES: dict[str, str] = {
     "quantization": "TRL takes the 4-bit compute dtype from the model dtype (no separate knob)",
-    "packing": "qwenrecipes' bins through TRL's padding-free collator (seq_lengths -> position ids, no attention "
-               "mask): rows stay separate with sdpa, eager and flash_attention_2 in transformers 5.16.1",
+    "packing": "qwenrecipes' bins with position ids from seq_lengths and no attention mask: side by side "
+               "(train_trl.py's collator) with sdpa and eager, flattened by TRL's padding-free collator with "
+               "flash_attention_2; rows stay separate with all three in transformers 5.16.1",
 }
 
 

@@ -3,11 +3,13 @@
 # so `trl sft --config trl_config.yaml` reads the same file. It exists because `trl sft` calls
 # trainer.train() without resume_from_checkpoint (trl/scripts/sft.py), so a run could never resume.
 #   python train_trl.py --config trl_config.yaml [--resume [CHECKPOINT_DIR]]
-"""Train with TRL's SFTTrainer exactly as `trl sft` does, plus --resume and a separate eval split."""
+"""Train with TRL's SFTTrainer exactly as `trl sft` does, plus --resume, a separate eval split, and packed bins kept
+side by side under sdpa/eager (the same training, without one long flattened row)."""
 
 import argparse
 import dataclasses
 
+import torch
 from trl import (
     DatasetMixtureConfig,
     ModelConfig,
@@ -19,18 +21,62 @@ from trl import (
     get_peft_config,
     get_quantization_config,
 )
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+from trl.trainer.utils import pad
+
+# Attention implementations that build the block-diagonal mask from restarting position ids for a batch of any size
+# (transformers masking_utils.find_packed_sequence_indices); flash attention finds packed rows only in a batch of one.
+SIDE_BY_SIDE_ATTENTION = ("sdpa", "eager")
 
 
-def main() -> None:
-    cli = argparse.ArgumentParser(description=__doc__)
-    cli.add_argument("--config", default="trl_config.yaml")
-    # --resume alone: the newest checkpoint-* in output_dir; --resume DIR: that checkpoint.
-    cli.add_argument("--resume", nargs="?", const=True, default=None)
-    options = cli.parse_args()
+class BinsSideBySide(DataCollatorForLanguageModeling):
+    """qwenrecipes' packed bins (rows with seq_lengths) as rows of the micro-batch, not flattened into one.
 
+    TRL's padding-free collator concatenates a micro-batch of bins into one row: the same tokens and the same per-row
+    attention, but under sdpa/eager 4 bins of 4,096 tokens become one 16,384-token sequence and attention costs 4x.
+    Here each bin is a row, position ids restart at 0 for each packed row and there is no attention mask, so
+    transformers keeps the rows apart in each bin; padding (labels -100, its own positions) comes after every real
+    token, so causal attention never lets a real token see it. Rows without seq_lengths (eval) are one row each."""
+
+    def torch_call(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        lengths = [example.get("seq_lengths") or [len(example["input_ids"])] for example in examples]
+        positions = self.get_position_ids_from_packed_seq_lengths(lengths)
+        labels = [example.get("labels", example["input_ids"]) for example in examples]
+        return {
+            "input_ids": pad([torch.tensor(e["input_ids"]) for e in examples], padding_value=self.pad_token_id,
+                             padding_side="right"),
+            "labels": pad([torch.tensor(x) for x in labels], padding_value=-100, padding_side="right"),
+            "position_ids": pad(positions, padding_value=0, padding_side="right"),
+        }
+
+
+class BinsSFTTrainer(SFTTrainer):
+    """SFTTrainer counting the tokens of a side-by-side batch: for a batch with position ids and no attention mask
+    it counts position_ids.size(1), the length of one flattened row, which here is one bin of several."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        before = self._total_train_tokens
+        rows, length = inputs["position_ids"].shape
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.model.training and rows > 1:
+            local = torch.tensor(rows * length, device=inputs["position_ids"].device)
+            self._total_train_tokens = before + self.accelerator.gather_for_metrics(local).sum().item()
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return result
+
+
+def bins_side_by_side(training_args: SFTConfig, attn_implementation: str | None, train_dataset) -> bool:
+    """The config hands qwenrecipes' bins to TRL's padding-free collator (packer off, rows with seq_lengths) and
+    the attention keeps side-by-side rows apart: swap in BinsSideBySide (the same tokens, labels and positions)."""
+    return (training_args.padding_free and not training_args.packing and attn_implementation in SIDE_BY_SIDE_ATTENTION
+            and "seq_lengths" in train_dataset.column_names)
+
+
+def build_trainer(config: str) -> SFTTrainer:
+    """The trainer `trl sft --config CONFIG` builds (but for the bins' layout above), ready to train."""
     parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig))
     # fail_with_unknown_args stays True: a key TRL does not know is an error, never silently dropped.
-    script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(args=["--config", options.config])
+    script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(args=["--config", config])
 
     # The same model kwargs as trl/scripts/sft.py.
     training_args.model_init_kwargs = {
@@ -50,7 +96,8 @@ def main() -> None:
         )
         eval_dataset = get_dataset(eval_mixture)["train"]  # get_dataset names its concatenation "train"
 
-    trainer = SFTTrainer(
+    side_by_side = bins_side_by_side(training_args, model_args.attn_implementation, train_dataset)
+    trainer = (BinsSFTTrainer if side_by_side else SFTTrainer)(
         model=model_args.model_name_or_path,
         args=training_args,
         train_dataset=train_dataset,
@@ -58,9 +105,21 @@ def main() -> None:
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
+    if side_by_side:  # after construction: SFTTrainer refuses a custom collator together with padding_free
+        trainer.data_collator = BinsSideBySide(pad_token_id=trainer.data_collator.pad_token_id)
+    return trainer
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__)
+    cli.add_argument("--config", default="trl_config.yaml")
+    # --resume alone: the newest checkpoint-* in output_dir; --resume DIR: that checkpoint.
+    cli.add_argument("--resume", nargs="?", const=True, default=None)
+    options = cli.parse_args()
+    trainer = build_trainer(options.config)
     trainer.train(resume_from_checkpoint=options.resume)
-    trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    trainer.save_model(trainer.args.output_dir)
+    trainer.accelerator.print(f"Model saved to {trainer.args.output_dir}.")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Packed vs unpacked supervised tokens/s on the CPU engines, tiny model, realistic chat lengths, one run.
 
     .venv/bin/python benchmarks/packing_cpu.py [--engines trl,axolotl,llamafactory,swift,unsloth]
-        [--unpacked trl,axolotl,llamafactory]
+        [--unpacked trl,axolotl,llamafactory,swift,unsloth]
 
 Each engine trains recipes/tiny-cpu.yaml (builtin:tiny-qwen3, LoRA r=8, fp32, micro-batch 4) on the same
 synthetic rows whose lengths follow the LMSYS-Chat-1M lognormal (qwenrecipes/data/lengths.py), capped at
@@ -66,9 +66,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", default="trl,axolotl,llamafactory,swift,unsloth",
                         help="engines run packed (one that refuses the bins gets a row saying why)")
-    parser.add_argument("--unpacked", default="trl,axolotl,llamafactory",
-                        help="engines run unpacked too (default: those that take the bins; each costs a full run "
-                             "on a 2-core VM)")
+    parser.add_argument("--unpacked", default="trl,axolotl,llamafactory,swift,unsloth",
+                        help="engines run unpacked too (default: all five, as all take the bins; each costs a full "
+                             "run on a 2-core VM)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     options = parser.parse_args()

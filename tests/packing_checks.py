@@ -112,10 +112,12 @@ def assert_flattened_batches(impl: str, batches: list[dict[str, Any]], stream: l
         assert batch["position_ids"] == [[t for r in want for t in r.position_ids]], (impl, b)
 
 
-def assert_bins_side_by_side(impl: str, got: dict[str, Any], plan: Plan, stream: list[PackedRow], micro: int) -> None:
+def assert_bins_side_by_side(impl: str, got: dict[str, Any], plan: Plan, stream: list[PackedRow],
+                             micro: int) -> list[float]:
     """A batches script's result (tests/scripts/*_packed_batches.py) for collators that keep bins as rows: every batch
     is the next ``micro`` bins of the stream in order (so max_steps of them), position ids and no attention mask, each
-    token's loss in the first batch equal to its row's alone, and an all-ones mask differs."""
+    token's loss in the first batch equal to its row's alone, and an all-ones mask differs. Returns the first
+    batch's trained tokens' losses (their mean is the step's loss)."""
     assert got["keys"] == ["input_ids", "labels", "position_ids"], impl
     assert got["max_steps"] == plan.max_steps == len(got["batches"]) == len(stream) // micro
     handed = [(b["input_ids"][r], b["labels"][r], b["position_ids"][r])
@@ -127,7 +129,7 @@ def assert_bins_side_by_side(impl: str, got: dict[str, Any], plan: Plan, stream:
     separate = [t for row in got["separate"] for t in row]
     packed = [t for r, row in enumerate(got["packed"]) for t in row[:len(stream[r].input_ids)]]
     control = [t for r, row in enumerate(got["control"]) for t in row[:len(stream[r].input_ids)]]
-    assert_rows_kept_apart(impl, separate, packed, control)
+    return assert_rows_kept_apart(impl, separate, packed, control)
 
 
 def assert_each_row_alone(impl: str, got: dict[str, Any]) -> None:

@@ -35,8 +35,7 @@ from qwenrecipes.run.events import iter_log_lines, normalize, read_events
 from qwenrecipes.run.procgroup import group_alive
 from tests.conftest import TINY, cuda_plan, render_resolved, tiny_plan
 from tests.packing_checks import (
-    assert_flattened_batches,
-    assert_rows_kept_apart,
+    assert_bins_side_by_side,
     first_step_losses,
     run_packed,
     trainer_batches,
@@ -209,7 +208,7 @@ def test_train_on_all_eval_full() -> None:
 
 
 def test_packed_render_reads_the_bins_through_the_bins_template() -> None:
-    # qwenrecipes' bins (tokenpath.py): the bins template flattens them; swift's own packer and its padding_free
+    # qwenrecipes' bins (tokenpath.py): the bins template's rows; swift's own packer and its padding_free
     # flag (flash attention only) stay off, and explain reports qwenrecipes' bins.
     plan = tiny_plan({"data": {"packing": True}}, target="cpu")
     assert plan.packing is not None
@@ -405,21 +404,17 @@ BATCHES_SCRIPT = Path(__file__).parent / "scripts" / "swift_packed_batches.py"
 
 @pytest.mark.engine
 def test_swift_trainer_hands_the_bins_in_order_with_rows_apart(tmp_path: Path) -> None:
-    """The rendered train_swift.py builds swift's trainer (its dataset encoding through the bins template, its
-    padding_free collator) on a packed folder: every batch is the next micro_batch_size bins of the stream flattened
-    into one row (order and count, so max_steps) with qwenrecipes' labels, position ids restarting per row and no
-    attention mask; each token's loss in the first batch, through trainer.model with sdpa and eager, equals its loss
-    with its row run alone, and the trainer's own compute_loss is their token-weighted mean. An all-ones mask
-    differs."""
+    """The rendered train_swift.py builds swift's trainer (its dataset encoding and collator through the bins
+    template) on a packed folder: every batch is the next micro_batch_size bins of the stream side by side, one bin a
+    row (order and count, so max_steps), with qwenrecipes' labels, position ids restarting per row and no attention
+    mask; each token's loss in the first batch, through trainer.model with sdpa and eager, equals its loss with its
+    row run alone, and the trainer's own compute_loss is their token-weighted mean. An all-ones mask differs."""
 
     plan, stream, micro, result = trainer_batches(tmp_path, "swift", BATCHES_SCRIPT)
     for impl, got in result.items():
-        assert got["attn"] == impl and got["keys"] == ["input_ids", "labels", "position_ids"], impl
-        assert got["template_padding_free"] is True  # the bins template's; swift's --padding_free stays off
-        assert plan.max_steps == got["max_steps"] == len(got["batches"]) == len(stream) // micro
-        assert_flattened_batches(impl, got["batches"], stream, micro)
-        separate = [t for row in got["separate"] for t in row]
-        values = assert_rows_kept_apart(impl, separate, got["packed"], got["control"])
+        assert got["attn"] == impl and got["template_padding_free"] is False, impl  # swift's own flattening off
+        assert got["micro_batch_size"] == micro > 1
+        values = assert_bins_side_by_side(impl, got, plan, stream, micro)
         assert got["step_loss"] == pytest.approx(sum(values) / len(values), rel=1e-6), impl
 
 

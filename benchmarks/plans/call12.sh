@@ -15,6 +15,7 @@
 # 4. TRL packed again: since call 11 the rendered train_trl.py keeps the bins side by side under sdpa (BinsSideBySide),
 #    as Axolotl does, instead of TRL's one flattened 16k row (3.25k tok/s in call 11); target: >= 2.5x its unpacked
 #    1.79k and >= 85% of its fixed-2048 7.66k (call 11's points, same bundle).
+#    ms-swift's packed row below also keeps the bins side by side now (the bins template's collator).
 # carry: .gpu/qr-wheels .gpu/data .gpu/bundle-lf/site.tar.xz .gpu/bundle-axolotl/site.tar.xz .gpu/bundle-swift/site.tar.xz
 #        .gpu/bundle-trl-liger/site.tar.xz
 #   bash benchmarks/gpu_run.sh benchmarks/plans/call12.sh 330

@@ -67,9 +67,11 @@ def main() -> None:
         out[impl] = {
             "keys": sorted(batches[0]), "attn": model.config._attn_implementation, "max_steps": trainer.args.max_steps,
             "template_padding_free": trainer.template.padding_free,
+            "micro_batch_size": trainer.args.per_device_train_batch_size,
             "batches": [{k: v.tolist() for k, v in b.items() if isinstance(v, torch.Tensor)} for b in batches],
-            "packed": token_losses(logits[0], first["input_ids"][0], first["labels"][0]),
-            "control": token_losses(control[0], first["input_ids"][0], first["labels"][0]),
+            "packed": [token_losses(logits[r], first["input_ids"][r], first["labels"][r]) for r in range(len(logits))],
+            "control": [token_losses(control[r], first["input_ids"][r], first["labels"][r])
+                        for r in range(len(control))],
             "separate": separate, "step_loss": step_loss,
         }
     with open(out_path, "w") as handle:

@@ -53,7 +53,7 @@ NOTES: dict[str, str] = {
     "model": "swift loads every model with trust_remote_code=True (no switch); Qwen3 has no remote code",
     "save_steps": "swift keeps its final weights in the last checkpoint-N; train_swift.py also saves them into "
                   "output_dir",
-    "packing": "qwenrecipes' bins through swift's padding_free collator (the bins template's per-row position ids, "
+    "packing": "qwenrecipes' bins side by side through the bins template's collator (per-row position ids, "
                "no attention mask; verified with sdpa and eager); with the text handoff swift packs with its "
                "binpack strategy (rows kept apart only with flash_attention_2/3)",
     "liger_kernel": "liger-kernel is not in the swift env's lock: use_liger_kernel is off unless the env adds it",

@@ -12,11 +12,12 @@ the same ``qwenrecipes_template.py`` as the text path's (textpath.py).
 Packed (``data.packing``, issue 14): each line is one bin of qwenrecipes, one empty user turn and one assistant
 content per member row (``packed_row``), read through a second pass-through template (``qwenrecipes_bins``,
 ``chat_sep=[]``: the rounds are concatenated with nothing between them). Its ``_encode`` adds ``position_ids``
-restarting at 0 for each round, i.e. each member row, and it turns swift's own ``padding_free`` collator on
-(``Template._data_collator``: ``packing_row`` concatenates the micro-batch's examples into one row, keeps their
-``position_ids`` and passes no attention mask), so transformers keeps the rows apart. swift's own ``--padding_free``
-and ``--packing`` stay off: ``SftArguments._check_padding_free`` accepts either only with flash attention, and
-``--packing`` would re-bin the bins. Labels are the rows' as written (each row's first is -100 already).
+restarting at 0 for each round, i.e. each member row, and its collator drops the all-ones ``attention_mask`` that
+swift's ``Template._data_collator`` adds: each bin is a row of the micro-batch (padded on the right, labels -100)
+with those ``position_ids`` and no attention mask, so sdpa and eager keep the rows apart. Not swift's
+``padding_free`` collator (``packing_row``), which would flatten the micro-batch into one long row. swift's own
+``--padding_free`` and ``--packing`` stay off: ``SftArguments._check_padding_free`` accepts either only with flash
+attention, and ``--packing`` would re-bin the bins. Labels are the rows' as written (each row's first is -100 already).
 
 One difference stays: ``Template._encode`` sets ``labels[0] = -100`` on every row, which matters only for
 ``train_on: all`` (residual ``first_token_masked``; a causal LM never predicts the first token, so the loss is
@@ -36,8 +37,8 @@ IGNORE = -100
 # Attention implementations measured to keep a bin's rows apart through this path (tests/test_engine_swift.py);
 # flash attention is not measured here (no CPU kernel).
 PACKED_ATTN = ("sdpa", "eager")
-PACKED_ATTN_REFUSED = "is not verified to keep a bin's rows apart through swift's padding_free collator (measured " \
-                      "on CPU: sdpa and eager; flash attention, swift's own padding_free choice, not measured)"
+PACKED_ATTN_REFUSED = "is not verified to keep a bin's rows apart through the bins template's collator (measured " \
+                      "on CPU: sdpa and eager; flash attention finds packed rows only in a flattened batch of one)"
 
 
 def dataset_args(plan: Plan) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def dataset_args(plan: Plan) -> dict[str, Any]:
         "template": TEMPLATE_NAME,
         "loss_scale": "default",  # the per-token loss_scale of each row decides
     })
-    if plan.packing is not None:  # qwenrecipes' bins: the bins template flattens them, swift's packer stays off
+    if plan.packing is not None:  # qwenrecipes' bins: the bins template's rows, swift's packer stays off
         args.update({"template": BINS_TEMPLATE_NAME, "packing": False, "padding_free": False})
     return args
 

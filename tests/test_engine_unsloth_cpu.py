@@ -92,7 +92,8 @@ def test_unsloth_trainer_hands_the_bins_in_order_with_rows_apart(tmp_path: Path)
         assert plan.max_steps == got["max_steps"] == len(got["batches"]) == len(stream) // micro
         assert_flattened_batches(impl, got["batches"], stream, micro)
         separate = [t for row in got["separate"] for t in row]
-        values = assert_rows_kept_apart(impl, separate, got["packed"], got["control"])
+        (packed,), (control,) = got["packed"], got["control"]  # the flattened batch is one row
+        values = assert_rows_kept_apart(impl, separate, packed, control)
         assert got["step_loss"] == pytest.approx(sum(values) / len(values), rel=1e-6), impl
 
 

@@ -5,18 +5,18 @@
 ROWS.json: {"rows": [{"input_ids", "labels"}, ...]}: the first micro-batch's bins' member rows, in order. For each
 attention implementation the folder's axolotl.yaml is loaded by Axolotl's config loader (attn_implementation
 overridden), its datasets prepared and its trainer built (`axolotl train` up to trainer.train()), and every batch of
-trainer.get_train_dataloader() recorded. The first batch goes through trainer.model (LoRA B = 0: the base model) as
-compute_loss passes it; the rows are run alone through the same model; a control adds an all-ones attention mask.
+trainer.get_train_dataloader() recorded. The first batch goes through trainer.model (LoRA B = 0: the base model) (its
+input_ids and position_ids, use_cache=False: packed_losses.first_batch_losses); the rows are run alone through the
+same model; a control adds an all-ones attention mask.
 """
 
 import json
 import sys
 
-import torch
 from axolotl.cli.config import load_cfg
 from axolotl.common.datasets import load_datasets
 from axolotl.train import setup_model_and_trainer
-from packed_losses import token_losses  # tests/scripts, beside this file
+from packed_losses import first_batch_losses  # tests/scripts, beside this file
 
 
 def main() -> None:
@@ -30,22 +30,11 @@ def main() -> None:
         trainer, *_ = setup_model_and_trainer(cfg, meta)
         batches = list(trainer.get_train_dataloader())
         model = trainer.model.eval()
-        first = batches[0]
-        with torch.no_grad():
-            logits = model(**first).logits
-            control = model(**{**first, "attention_mask": torch.ones_like(first["input_ids"])}).logits
-            separate = []
-            for row in rows:
-                ids = torch.tensor([row["input_ids"]])
-                separate.append(token_losses(model(input_ids=ids, use_cache=False).logits[0], ids[0],
-                                             torch.tensor(row["labels"])))
+        losses = first_batch_losses(model, batches[0], rows)
         out[impl] = {
-            "keys": sorted(first), "use_cache": model.config.use_cache, "max_steps": trainer.args.max_steps,
+            "keys": sorted(batches[0]), "use_cache": model.config.use_cache, "max_steps": trainer.args.max_steps,
             "batches": [{k: v.tolist() for k, v in b.items()} for b in batches],
-            "packed": [token_losses(logits[r], first["input_ids"][r], first["labels"][r]) for r in range(len(logits))],
-            "control": [token_losses(control[r], first["input_ids"][r], first["labels"][r])
-                        for r in range(len(control))],
-            "separate": separate,
+            **losses,
         }
     with open(out_path, "w") as handle:
         json.dump(out, handle)

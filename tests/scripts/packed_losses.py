@@ -24,6 +24,28 @@ def token_losses(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) 
     return [None] + [None if int(label) == -100 else float(value) for value, label in zip(ce, labels[1:], strict=True)]
 
 
+def first_batch_losses(model, batch: dict, rows: list) -> dict:
+    """The batches scripts' proof material for a trainer's first batch: per-token losses of each row of the batch
+    ("packed", one list per batch row: a flattened batch has one), of the same batch under an all-ones attention mask
+    ("control": rows attending across), and of each member row run alone ("separate"). Only input_ids and
+    position_ids reach the model (TRL's chunked loss returns no logits when labels are passed); use_cache=False as in
+    training."""
+    inputs = {key: batch[key] for key in ("input_ids", "position_ids")}
+    with torch.no_grad():
+        logits = model(**inputs, use_cache=False).logits
+        control = model(**inputs, attention_mask=torch.ones_like(batch["input_ids"]), use_cache=False).logits
+        separate = []
+        for row in rows:
+            ids = torch.tensor([row["input_ids"]])
+            separate.append(token_losses(model(input_ids=ids, use_cache=False).logits[0], ids[0],
+                                         torch.tensor(row["labels"])))
+
+    def per_row(out: torch.Tensor) -> list:
+        return [token_losses(out[r], batch["input_ids"][r], batch["labels"][r]) for r in range(len(out))]
+
+    return {"packed": per_row(logits), "control": per_row(control), "separate": separate}
+
+
 def main() -> None:
     cases_path, model_dir, out_path = sys.argv[1:4]
     with open(cases_path) as handle:

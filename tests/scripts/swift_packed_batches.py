@@ -19,7 +19,7 @@ import sys
 
 import torch
 import transformers
-from packed_losses import token_losses  # tests/scripts, beside this file
+from packed_losses import first_batch_losses  # tests/scripts, beside this file
 
 SCRIPT = "train_swift.py"
 
@@ -54,25 +54,13 @@ def main() -> None:
         first = {k: v for k, v in batches[0].items() if isinstance(v, torch.Tensor)}
         model.train()
         step_loss = float(trainer.compute_loss(model, dict(first)).detach())
-        model.eval()
-        inputs = {k: first[k] for k in ("input_ids", "position_ids")}
-        with torch.no_grad():
-            logits = model(**inputs, use_cache=False).logits
-            control = model(**inputs, attention_mask=torch.ones_like(first["input_ids"]), use_cache=False).logits
-            separate = []
-            for row in rows:
-                ids = torch.tensor([row["input_ids"]])
-                separate.append(token_losses(model(input_ids=ids, use_cache=False).logits[0], ids[0],
-                                             torch.tensor(row["labels"])))
+        losses = first_batch_losses(model.eval(), first, rows)
         out[impl] = {
             "keys": sorted(batches[0]), "attn": model.config._attn_implementation, "max_steps": trainer.args.max_steps,
             "template_padding_free": trainer.template.padding_free,
             "micro_batch_size": trainer.args.per_device_train_batch_size,
             "batches": [{k: v.tolist() for k, v in b.items() if isinstance(v, torch.Tensor)} for b in batches],
-            "packed": [token_losses(logits[r], first["input_ids"][r], first["labels"][r]) for r in range(len(logits))],
-            "control": [token_losses(control[r], first["input_ids"][r], first["labels"][r])
-                        for r in range(len(control))],
-            "separate": separate, "step_loss": step_loss,
+            **losses, "step_loss": step_loss,
         }
     with open(out_path, "w") as handle:
         json.dump(out, handle)

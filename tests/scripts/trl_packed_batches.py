@@ -5,8 +5,9 @@
 ROWS.json: {"rows": [{"input_ids", "labels"}, ...]}: the first micro-batch's bins' member rows, in order. For each
 attention implementation the folder's trl_config.yaml (attn_implementation overridden, in a copy) goes through the
 launcher's own build_trainer (train_trl.py up to trainer.train()), and every batch of trainer.get_train_dataloader()
-is recorded. The first batch goes through trainer.model (LoRA B = 0: the base model) as compute_loss passes it; the
-rows are run alone through the same model; a control adds an all-ones attention mask.
+is recorded. The first batch goes through trainer.model (LoRA B = 0: the base model) (its input_ids and position_ids,
+use_cache=False: packed_losses.first_batch_losses); the rows are run alone through the same model; a control adds an
+all-ones attention mask.
 """
 
 import json
@@ -14,9 +15,8 @@ import os
 import sys
 from types import SimpleNamespace
 
-import torch
 import yaml
-from packed_losses import token_losses  # tests/scripts, beside this file
+from packed_losses import first_batch_losses  # tests/scripts, beside this file
 
 sys.path.insert(0, os.getcwd())  # the rendered folder: its train_trl.py
 import train_trl
@@ -30,37 +30,24 @@ def main() -> None:
         config = yaml.safe_load(handle)
     out = {}
     for impl in ("sdpa", "eager", "flash_attention_2"):
-        with open(f"trl_config.{impl}.yaml", "w") as handle:
-            yaml.safe_dump({**config, "attn_implementation": impl}, handle)
         if impl == "flash_attention_2":  # no kernel on CPU: only the launcher's choice (flattened, varlen)
             columns = SimpleNamespace(column_names=["input_ids", "labels", "seq_lengths"])
             settings = SimpleNamespace(padding_free=config["padding_free"], packing=config["packing"])
             out[impl] = {"side_by_side": train_trl.bins_side_by_side(settings, impl, columns)}
             continue
+        with open(f"trl_config.{impl}.yaml", "w") as handle:
+            yaml.safe_dump({**config, "attn_implementation": impl}, handle)
         trainer = train_trl.build_trainer(f"trl_config.{impl}.yaml")
         batches = list(trainer.get_train_dataloader())
-        model = trainer.model.eval()
         first = batches[0]
-        inputs = {key: value for key, value in first.items() if key != "labels"}  # TRL's chunked loss: no logits
-        with torch.no_grad():
-            logits = model(**inputs, use_cache=False).logits
-            control = model(**inputs, attention_mask=torch.ones_like(first["input_ids"]), use_cache=False).logits
-            separate = []
-            for row in rows:
-                ids = torch.tensor([row["input_ids"]])
-                separate.append(token_losses(model(input_ids=ids, use_cache=False).logits[0], ids[0],
-                                             torch.tensor(row["labels"])))
+        losses = first_batch_losses(trainer.model.eval(), first, rows)
         trainer.model.train()
         trainer.compute_loss(trainer.model, dict(first))  # the tokens TRL counts for this batch
         out[impl] = {
             "side_by_side": isinstance(trainer.data_collator, train_trl.BinsSideBySide),
             "keys": sorted(first), "max_steps": trainer.args.max_steps,
             "num_tokens": trainer._metrics["train"]["num_tokens"],
-            "batches": [{k: v.tolist() for k, v in b.items()} for b in batches],
-            "packed": [token_losses(logits[r], first["input_ids"][r], first["labels"][r]) for r in range(len(logits))],
-            "control": [token_losses(control[r], first["input_ids"][r], first["labels"][r])
-                        for r in range(len(control))],
-            "separate": separate,
+            "batches": [{k: v.tolist() for k, v in b.items()} for b in batches], **losses,
         }
     with open(out_path, "w") as handle:
         json.dump(out, handle)

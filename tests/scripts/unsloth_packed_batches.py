@@ -7,10 +7,11 @@ ROWS.json: {"rows": [{"input_ids", "labels"}, ...]}: the first micro-batch's bin
 attention implementation the folder's train_unsloth.py builds its trainer (FastLanguageModel, the dataset, SFTConfig,
 Unsloth's SFTTrainer with the rendered data_collator) up to trainer.train(), which is intercepted; the model is loaded
 with that attn_implementation (Unsloth's CPU loader passes it to transformers). Every batch of
-trainer.get_train_dataloader() is recorded. The first batch goes through trainer.model (LoRA B = 0: the base model) as
-compute_loss passes it (use_cache=False); the rows are run alone through the same model; a control adds an all-ones
-attention mask (rows attend across). "step_loss" is the trainer's own compute_loss on the first batch in training
-mode (the CPU backend's chunked cross-entropy), for the token-weighted mean.
+trainer.get_train_dataloader() is recorded. The first batch goes through trainer.model (LoRA B = 0: the base model)
+(its input_ids and position_ids, use_cache=False: packed_losses.first_batch_losses); the rows are run alone through
+the same model; a control adds an all-ones attention mask (rows attend across). "step_loss" is the trainer's own
+compute_loss on the first batch in training mode (the CPU backend's chunked cross-entropy), for the token-weighted
+mean.
 """
 
 import contextlib
@@ -21,9 +22,8 @@ import sys
 
 os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
 import unsloth  # noqa: I001 - first, as the script imports it
-import torch
 import transformers
-from packed_losses import token_losses  # tests/scripts, beside this file
+from packed_losses import first_batch_losses  # tests/scripts, beside this file
 
 SCRIPT = "train_unsloth.py"
 
@@ -64,22 +64,12 @@ def main() -> None:
         first = batches[0]
         model.train()
         step_loss = float(trainer.compute_loss(model, dict(first)).detach())
-        model.eval()
-        with torch.no_grad():
-            logits = model(**first, use_cache=False).logits
-            control = model(**{**first, "attention_mask": torch.ones_like(first["input_ids"])}, use_cache=False).logits
-            separate = []
-            for row in rows:
-                ids = torch.tensor([row["input_ids"]])
-                separate.append(token_losses(model(input_ids=ids, use_cache=False).logits[0], ids[0],
-                                             torch.tensor(row["labels"])))
+        losses = first_batch_losses(model.eval(), first, rows)
         out[impl] = {
             "keys": sorted(first), "attn": model.config._attn_implementation, "max_steps": trainer.args.max_steps,
             "padding_free_arg": trainer.args.padding_free, "collator": type(trainer.data_collator).__name__,
             "batches": [{k: v.tolist() for k, v in b.items()} for b in batches],
-            "packed": token_losses(logits[0], first["input_ids"][0], first["labels"][0]),
-            "control": token_losses(control[0], first["input_ids"][0], first["labels"][0]),
-            "separate": separate, "step_loss": step_loss,
+            **losses, "step_loss": step_loss,
         }
     with open(out_path, "w") as handle:
         json.dump(out, handle)

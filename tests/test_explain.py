@@ -27,3 +27,18 @@ def test_every_divergence_is_explained(recipe: Path) -> None:
     assert agreed["learning_rate"] == training["learning_rate"]
     assert agreed["max_steps"] == plan.max_steps and agreed["warmup_steps"] == plan.warmup_steps
     assert agreed["effective_batch"] == plan.effective_batch and agreed["seed"] == training["seed"]
+
+
+def test_every_divergence_of_a_packed_recipe_is_explained(tmp_path: Path) -> None:
+    """qwenrecipes' bins reach each engine its own way (TRL with max_length null, LLaMA-Factory through a
+    block-diagonal mask): each such difference carries the engine's note, and over-long rows agree (dropped before
+    packing)."""
+    from tests.packing_checks import packed_recipe
+
+    plan = plan_recipe(packed_recipe(tmp_path), target="cpu")
+    assert plan.packing is not None
+    rows = {row.concept: row for row in explain_plan(plan, list(ENGINES))}
+    for row in rows.values():
+        if row.diverges:
+            assert row.why and "no note recorded" not in row.why, row.concept
+    assert not rows["truncation"].diverges

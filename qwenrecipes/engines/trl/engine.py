@@ -218,6 +218,8 @@ PACKED_ATTENTION = frozenset({"sdpa", "eager", "flash_attention_2"})
 # Why TRL's effective values differ where `explain` flags them.
 NOTES: dict[str, str] = {
     "quantization": "TRL takes the 4-bit compute dtype from the model dtype (no separate knob)",
+    "max_seq_length": "packed: max_length null, as TRL 1.9 requires for padding_free without its packer; "
+                      "qwenrecipes' bins hold at most data.max_seq_length tokens",
     "packing": "qwenrecipes' bins with position ids from seq_lengths and no attention mask: side by side "
                "(train_trl.py's collator) with sdpa and eager, flattened by TRL's padding-free collator with "
                "flash_attention_2; rows stay separate with all three in transformers 5.16.1",
@@ -326,7 +328,9 @@ class TrlEngine(BaseEngine):
                                    "(rows stay separate only with flash_attention_2/3)")
         else:
             packing = False
-        truncation = (concepts.TRUNCATION_NONE if c["max_length"] is not None
+        # qwenrecipes' bins: max_length is null because TRL requires it for padding_free without its packer; the
+        # over-long rows were dropped by qwenrecipes before packing, as for every engine.
+        truncation = (concepts.TRUNCATION_NONE if c["max_length"] is not None or packing == concepts.PACKING_BINS
                       else "none (max_length null)")
 
         gpus = int(accelerate["num_processes"]) if accelerate else 1
